@@ -1,0 +1,1 @@
+"""Stage I: the denoising diffusion model (settings, noise, network, reconstruction)."""
