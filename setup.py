@@ -64,6 +64,7 @@ setup(
         "sadm_nnunet.training",
         "sadm_nnunet.commands",
         "sadm_nnunet.nnunet_ext",
+        "sadm_nnunet.datasets",
         "sadm_nnunet.plans",
     ],
     # The JSON templates live in the top-level plans/ folder and are installed as sadm_nnunet.plans.

@@ -1,0 +1,1 @@
+"""Building nnU-Net raw datasets (generated test and demo cohorts)."""

@@ -1,0 +1,63 @@
+"""The stage-I network: a diffusers `UNet2DModel` that predicts the clean slice x0, with an EMA copy for inference,
+and the noise scheduler that goes with it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from sadm_nnunet.diffusion.settings import DiffusionSettings, unet_config
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+
+
+def make_scheduler(settings: DiffusionSettings, kind: str = "ddpm") -> DDPMScheduler | DDIMScheduler:
+    """The noise schedule of the settings; the denoiser predicts x0 ("sample"). No clipping: the denoiser's range
+    is z-scores / intensity_scale, which bright voxels may leave."""
+    return SCHEDULERS[kind](
+        num_train_timesteps=settings.num_train_timesteps,
+        beta_schedule=settings.beta_schedule,
+        prediction_type="sample",
+        clip_sample=False,
+    )
+
+
+class Denoiser(nn.Module):
+    """A `UNet2DModel` trained to predict x0, plus an exponential moving average of its weights (`ema`).
+
+    `ema` is what reconstruction uses; it takes no gradients and stays in eval mode. Both are ordinary submodules,
+    so nnU-Net's checkpoints (and `--c`) carry them.
+    """
+
+    def __init__(self, config: dict, ema_decay: float) -> None:
+        super().__init__()
+        self.unet = UNet2DModel(**config)
+        self.ema = UNet2DModel(**config)
+        self.ema.load_state_dict(self.unet.state_dict())
+        self.ema.requires_grad_(False)
+        self.ema_decay = float(ema_decay)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_settings(cls, settings: DiffusionSettings, patch_size: tuple[int, ...], num_channels: int) -> "Denoiser":
+        return cls(unet_config(settings, patch_size, num_channels), settings.training.ema_decay)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps).sample
+
+    def train(self, mode: bool = True) -> "Denoiser":
+        super().train(mode)
+        self.ema.eval()
+        return self
+
+    def trainable_parameters(self):
+        return self.unet.parameters()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA step, with the usual warm-up: decay = min(ema_decay, (1 + n) / (10 + n))."""
+        n = float(self.ema_updates.item())
+        decay = min(self.ema_decay, (1.0 + n) / (10.0 + n))
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.unet.parameters()], 1.0 - decay)
+        self.ema_updates += 1

@@ -1,0 +1,127 @@
+"""Pseudo-healthy reconstruction: the one entry point that stage II, the unsupervised baseline and the benchmarks use.
+
+Input and output are nnU-Net-normalised (z-scored) images. A 4D tensor (N, C, H, W) is a stack of slices; a 5D
+tensor (B, C, D, H, W) is reconstructed slice by slice along D. Noise is drawn from a generator seeded with the
+settings' seed for every call, so the same input always gives the same reconstruction (sliding-window inference
+and mirroring call this once per tile and flip).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+
+from sadm_nnunet.diffusion.model import SCHEDULERS, make_scheduler
+from sadm_nnunet.diffusion.noise import sample_noise
+from sadm_nnunet.diffusion.settings import DiffusionSettings, ReconstructionSettings
+
+
+class Reconstructor:
+    """Reconstructs images with a trained x0-predicting `UNet2DModel` according to `ReconstructionSettings`.
+
+    Methods: `single_step` (default; one network pass per noise level, averaged over the levels), `iterative`
+    (denoise from each level down to 0 with a DDPM or DDIM sampler in `num_steps` steps) and, for either,
+    `patch_grid > 1` (pDDPM: noise one tile of the grid at a time, keep the prediction inside the tile).
+    """
+
+    def __init__(self, unet: UNet2DModel, settings: DiffusionSettings,
+                 reconstruction: ReconstructionSettings | None = None) -> None:
+        self.unet = unet
+        self.settings = settings
+        self.options = reconstruction if reconstruction is not None else settings.reconstruction
+        self.scheduler = make_scheduler(settings, "ddpm")
+        self.divisor = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def passes_per_slice(self) -> int:
+        """Number of network evaluations per slice for the configured method."""
+        o = self.options
+        per_level = [1 if o.method == "single_step" else len(self._timesteps(t)[0]) for t in o.noise_levels]
+        return sum(per_level) * o.patch_grid ** 2
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 5:
+            b, c, d, h, w = images.shape
+            slices = images.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+            return self(slices).reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
+        if images.ndim != 4:
+            raise ValueError(f"Reconstruction expects (N, C, H, W) slices or (B, C, D, H, W) volumes; "
+                             f"found shape {tuple(images.shape)}")
+        expected = self.unet.config.in_channels
+        if images.shape[1] != expected:
+            raise ValueError(f"The diffusion model was trained on {expected} channel(s); the images have "
+                             f"{images.shape[1]} (shape {tuple(images.shape)})")
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            return self._reconstruct(images)
+        finally:
+            self.unet.train(was_training)
+
+    def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        pad_h, pad_w = (-h) % self.divisor, (-w) % self.divisor
+        x0 = F.pad(self.settings.to_model_space(images.float()), (0, pad_w, 0, pad_h))
+        generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
+        total = torch.zeros_like(x0)
+        for level in self.options.noise_levels:
+            noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
+            for start in range(0, n, self.options.batch_size):
+                sl = slice(start, start + self.options.batch_size)
+                total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator)
+        out = total / len(self.options.noise_levels)
+        return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
+
+    def _reconstruct_level(self, x0: torch.Tensor, noise: torch.Tensor, level: int,
+                           generator: torch.Generator) -> torch.Tensor:
+        grid = self.options.patch_grid
+        if grid == 1:
+            return self._denoise(x0, noise, level, None, generator)
+        h, w = x0.shape[-2:]
+        out = torch.zeros_like(x0)
+        for i in range(grid):
+            for j in range(grid):
+                mask = torch.zeros((1, 1, h, w), device=x0.device, dtype=x0.dtype)
+                mask[..., i * h // grid:(i + 1) * h // grid, j * w // grid:(j + 1) * w // grid] = 1
+                out += mask * self._denoise(x0, noise, level, mask, generator)
+        return out
+
+    def _timesteps(self, level: int) -> tuple[list[int], int]:
+        """Descending timesteps from `level` with about `num_steps` steps, and the stride between them. The stride
+        is T // N for an integer N, which is the step a diffusers scheduler set to N inference steps takes."""
+        total = self.settings.num_train_timesteps
+        num_inference_steps = max(1, total // max(1, level // self.options.num_steps))
+        stride = total // num_inference_steps
+        return (list(range(level, 0, -stride)) or [0]), num_inference_steps
+
+    def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, level: int, mask: torch.Tensor | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        """Noises x0 to `level` (only inside `mask` when given) and predicts the clean image."""
+        def noised(t: int) -> torch.Tensor:
+            xt = self.scheduler.add_noise(x0, noise, torch.full((x0.shape[0],), t, dtype=torch.long))
+            return xt if mask is None else mask * xt + (1 - mask) * x0
+
+        def predict(x: torch.Tensor, t: int) -> torch.Tensor:
+            return self.unet(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).sample
+
+        if self.options.method == "single_step":
+            return predict(noised(level), level)
+        timesteps, num_inference_steps = self._timesteps(level)
+        stride = self.settings.num_train_timesteps // num_inference_steps
+        sampler = SCHEDULERS[self.options.sampler].from_config(self.scheduler.config)
+        sampler.set_timesteps(num_inference_steps)
+        x = noised(timesteps[0])
+        for t in timesteps:
+            x0_hat = predict(x, t)
+            kwargs = {"generator": generator} if self.options.sampler == "ddpm" else {"eta": 0.0}
+            x = sampler.step(x0_hat, t, x, **kwargs).prev_sample
+            if mask is not None and t > 0:
+                x = mask * x + (1 - mask) * noised_prev(self.scheduler, x0, noise, t - stride)
+        return x
+
+
+def noised_prev(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """x0 noised to timestep t (identity for t < 0): the known context outside a pDDPM tile while sampling."""
+    if t < 0:
+        return x0
+    return scheduler.add_noise(x0, noise, torch.full((x0.shape[0],), t, dtype=torch.long))

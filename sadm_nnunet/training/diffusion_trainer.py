@@ -1,0 +1,254 @@
+"""Stage I as an nnU-Net trainer: `nnUNetv2_train HEALTHY 2d all -tr SADMDiffusionTrainer`.
+
+Reuses nnU-Net's planning, preprocessed data, data loading, logging, checkpointing, `--c` and DDP; replaces the
+network (a diffusers UNet2DModel predicting x0, with EMA), the objective (L1 between predicted and clean slice at a
+random noise level, simplex or Gaussian noise) and validation (reconstruction L1/SSIM at the test noise levels; the
+"pseudo dice" curve of progress.png and the choice of checkpoint_best use the validation SSIM).
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from torch import autocast
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from sadm_nnunet.anomaly_maps import masked_mean, ssim_map
+from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, save_diffusion_model
+from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
+from sadm_nnunet.diffusion.noise import sample_noise
+from sadm_nnunet.diffusion.reconstruction import Reconstructor
+from sadm_nnunet.diffusion.settings import PLANS_KEY, DiffusionSettings
+from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.training.augmentation import healthy_image_transforms
+from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
+
+# Label names a healthy stage-I dataset may carry. nnU-Net's fingerprint needs foreground voxels, so healthy
+# datasets label the brain mask; the denoiser ignores labels.
+HEALTHY_LABEL_NAMES = frozenset({"background", "brain"})
+
+__all__ = [
+    "SADMDiffusionTrainer",
+    "SADMDiffusionTrainer_5epochs",
+    "SADMDiffusionTrainer_2epochs_10its",
+    "SADMDiffusionTrainer_3epochs_100its",
+]
+
+
+def resolve_diffusion_settings(plans: dict, configuration: str) -> DiffusionSettings:
+    """Validated stage-I settings of a configuration (template defaults + the plans' block); writes the complete
+    block back into `plans`, so the plans.json nnU-Net copies into the results folder records every setting."""
+    if configuration not in plans.get("configurations", {}):
+        raise KeyError(f"Configuration '{configuration}' is not in the plans of {plans.get('dataset_name')}; "
+                       f"available: {sorted(plans.get('configurations', {}))}")
+    resolved = PlansManager(plans).get_configuration(configuration)
+    if len(resolved.patch_size) != 2:
+        raise ValueError(
+            f"SADMDiffusionTrainer trains on 2D slices, but configuration '{configuration}' of "
+            f"{plans.get('dataset_name')} has the 3D patch size {list(resolved.patch_size)}. "
+            f"Run it with a 2D configuration: nnUNetv2_train DATASET 2d FOLD -tr SADMDiffusionTrainer")
+    settings = DiffusionSettings.from_configuration(resolved.configuration)
+    plans["configurations"][configuration][PLANS_KEY] = settings.to_dict()
+    return settings
+
+
+class SADMDiffusionTrainer(AtomicCheckpointMixin, nnUNetTrainer):
+    """Trains the stage-I denoiser on a healthy nnU-Net dataset (labels must be all background)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        self.settings = resolve_diffusion_settings(plans, configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = self.settings.training.learning_rate
+        self.weight_decay = self.settings.training.weight_decay
+        self.enable_deep_supervision = False
+        self.oversample_foreground_percent = 0.0
+        self.noise_scheduler = make_scheduler(self.settings)
+        for key in ("val_l1", "val_ssim"):
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> Denoiser:
+        settings = DiffusionSettings.from_configuration(configuration_manager.configuration)
+        return Denoiser.from_settings(settings, tuple(configuration_manager.patch_size), num_input_channels)
+
+    # ---- network plumbing ----
+    def denoiser(self) -> Denoiser:
+        """The Denoiser itself, unwrapped from DDP and torch.compile."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        pass  # the denoiser has a single output
+
+    def _build_loss(self):
+        return torch.nn.L1Loss()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.denoiser().trainable_parameters(), lr=self.initial_lr,
+                                     weight_decay=self.weight_decay)
+        # exponent 0: constant learning rate, as in the paper, through nnU-Net's scheduler interface
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
+
+    @staticmethod
+    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        return healthy_image_transforms(patch_size, rotation_for_DA, mirror_axes, use_mask_for_norm)
+
+    def reconstructor(self) -> Reconstructor:
+        return Reconstructor(self.denoiser().ema, self.settings)
+
+    # ---- training ----
+    def on_train_start(self):
+        self._refuse_foreground_labels()
+        super().on_train_start()
+
+    def _refuse_foreground_labels(self) -> None:
+        """Stage I must see healthy data only. nnU-Net's fingerprinting needs some foreground, so a healthy dataset
+        may label the brain mask (label name 'brain'); any other label with voxels makes us refuse the dataset."""
+        allowed = {v for k, v in self.dataset_json["labels"].items() if k in HEALTHY_LABEL_NAMES}
+        folder = self.preprocessed_dataset_folder
+        offending = []
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".pkl"):
+                continue
+            locations = load_pickle(join(folder, name)).get("class_locations", {})
+            found = sorted(k for k, v in locations.items() if len(v) and k not in allowed)
+            if found:
+                offending.append(f"{name[:-4]} (labels {found})")
+        if offending:
+            raise ValueError(
+                f"SADMDiffusionTrainer trains on healthy scans only, but {len(offending)} case(s) of "
+                f"{self.plans_manager.dataset_name} contain labels other than {sorted(HEALTHY_LABEL_NAMES)}: "
+                f"{', '.join(offending[:5])}{' ...' if len(offending) > 5 else ''}. Expected healthy scans whose "
+                f"labels are background (and optionally the brain mask as label 'brain'); a lesion in stage-I "
+                f"training would be learnt as healthy anatomy.")
+
+    def train_step(self, batch: dict) -> dict:
+        x0 = self.settings.to_model_space(batch["data"].to(self.device, non_blocking=True))
+        t = torch.randint(0, self.settings.num_train_timesteps, (x0.shape[0],), device=self.device)
+        noise = sample_noise(tuple(x0.shape), self.settings.noise, None, self.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            prediction = self.network(noisy, t)
+        loss = self.loss(prediction.float(), x0)
+        clip = self.settings.training.grad_clip
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.denoiser().trainable_parameters(), clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.denoiser().trainable_parameters(), clip)
+            self.optimizer.step()
+        self.denoiser().update_ema()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    # ---- validation: reconstruction quality at the test noise levels ----
+    def _reconstruction_errors(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-slice L1 (in the denoiser's range) and SSIM inside the image's nonzero region."""
+        reconstruction = self.reconstructor()(images)
+        a, b = self.settings.to_model_space(images.float()), self.settings.to_model_space(reconstruction.float())
+        mask = (images != 0).any(1, keepdim=True)
+        l1 = masked_mean((a - b).abs(), mask)
+        ssim = masked_mean(ssim_map(a, b, data_range=2.0), mask)
+        keep = mask.flatten(1).any(1)
+        return l1[keep].cpu().numpy(), ssim[keep].cpu().numpy()
+
+    def validation_step(self, batch: dict) -> dict:
+        l1, ssim = self._reconstruction_errors(batch["data"].to(self.device, non_blocking=True))
+        return {"l1": l1, "ssim": ssim}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        l1 = np.concatenate([o["l1"] for o in val_outputs])
+        ssim = np.concatenate([o["ssim"] for o in val_outputs])
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (l1, ssim))
+            l1 = np.concatenate([g[0] for g in gathered])
+            ssim = np.concatenate([g[1] for g in gathered])
+        mean_l1 = float(np.mean(l1)) if l1.size else float("nan")
+        mean_ssim = float(np.mean(ssim)) if ssim.size else float("nan")
+        epoch = self.current_epoch
+        self.logger.log("val_losses", mean_l1, epoch)
+        self.logger.log("val_l1", mean_l1, epoch)
+        self.logger.log("val_ssim", mean_ssim, epoch)
+        self.logger.log("mean_fg_dice", mean_ssim, epoch)
+        self.logger.log("dice_per_class_or_region", [mean_ssim], epoch)
+        self.print_to_log_file(
+            f"validation reconstruction at noise levels {list(self.settings.reconstruction.noise_levels)}: "
+            f"L1 {mean_l1:.4f}, SSIM {mean_ssim:.4f} (the 'pseudo dice' below is this SSIM)")
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            folder = save_diffusion_model(self.denoiser().ema, self.settings,
+                                          join(self.output_folder, EXPORT_FOLDER_NAME))
+            self.print_to_log_file(f"Diffusion model (EMA weights) exported to {folder}")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """Reconstructs every slice of the validation cases and writes validation/summary.json (L1, SSIM)."""
+        if self.local_rank != 0:
+            return
+        self.network.eval()
+        _, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        per_case = {}
+        for key in dataset.identifiers:
+            data = torch.from_numpy(np.asarray(dataset.load_case(key)[0][:], dtype=np.float32))
+            l1, ssim = self._reconstruction_errors(data.permute(1, 0, 2, 3).to(self.device))
+            per_case[key] = {"l1": float(np.mean(l1)), "ssim": float(np.mean(ssim)), "slices": int(l1.size)}
+            self.print_to_log_file(f"validation {key}: L1 {per_case[key]['l1']:.4f}, SSIM {per_case[key]['ssim']:.4f}")
+        mean = {m: float(np.mean([c[m] for c in per_case.values()])) for m in ("l1", "ssim")} if per_case else {}
+        write_json_atomic({"noise_levels": list(self.settings.reconstruction.noise_levels),
+                           "mean": mean, "per_case": per_case},
+                          join(self.output_folder, "validation", "summary.json"))
+        for m, v in mean.items():
+            self.logger.log_summary(f"final_val/reconstruction_{m}", v)
+        self.print_to_log_file(f"Validation complete: {mean}")
+
+
+class SADMDiffusionTrainer_5epochs(SADMDiffusionTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class SADMDiffusionTrainer_2epochs_10its(SADMDiffusionTrainer):
+    """For tests: 2 epochs of 10 iterations, a checkpoint every epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 10
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
+
+
+class SADMDiffusionTrainer_3epochs_100its(SADMDiffusionTrainer):
+    """For tests: 300 iterations in 3 epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 3
+        self.num_iterations_per_epoch = 100
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
