@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny healthy nnU-Net dataset built from ../shared/data/healthy_t1 and a trained stage-I model.
+
+Everything goes through the real nnU-Net commands in subprocesses whose environment holds only the nnU-Net path
+variables (plus thread limits), as a user's shell would.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+HEALTHY_T1 = REPO.parent / "shared" / "data" / "healthy_t1"
+BIN = Path(sys.executable).parent
+HEALTHY_ID = 501
+TINY_UNET = ["unet.base_channels=8", "unet.max_channels=16", "unet.norm_num_groups=4", "unet.layers_per_block=1",
+             "training.learning_rate=0.001"]
+TRAINER = "SADMDiffusionTrainer_3epochs_100its"
+
+
+class NNUNet:
+    """The three nnU-Net folders and a runner for console commands in a clean environment."""
+
+    def __init__(self, root: Path) -> None:
+        self.raw, self.preprocessed, self.results = root / "raw", root / "preprocessed", root / "results"
+        for p in (self.raw, self.preprocessed, self.results):
+            p.mkdir(parents=True, exist_ok=True)
+
+    def env(self, **extra: str) -> dict:
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
+               "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+               "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(a) for a in args], env=self.env(**extra_env), capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    def plan(self, dataset_id: int) -> None:
+        # nnU-Net's planner needs nnUNet_n_proc_DA >= 1 (it sets torch threads from it)
+        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "1", nnUNet_n_proc_DA="1")
+
+    def fold_folder(self, dataset: str, trainer: str, configuration: str = "2d", fold: str = "all") -> Path:
+        return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+
+
+@pytest.fixture(scope="session")
+def nnunet(tmp_path_factory) -> NNUNet:
+    return NNUNet(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.fixture(scope="session")
+def healthy_dataset(nnunet: NNUNet) -> str:
+    """Dataset501_Healthy: 8 healthy subjects at 6 mm (about 30x36x30), planned and preprocessed for '2d'."""
+    from sadm_nnunet.datasets.healthy_cohort import build_healthy_dataset
+
+    name = f"Dataset{HEALTHY_ID}_Healthy"
+    build_healthy_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=8, seed=0, zoom=1 / 3, spacing=6.0)
+    nnunet.plan(HEALTHY_ID)
+    nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY_ID, "--set", *TINY_UNET)
+    return name
+
+
+@pytest.fixture(scope="session")
+def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
+    """Trains TRAINER, kills it after the first checkpoint, resumes with --c; returns the logs of both runs."""
+    fold = nnunet.fold_folder(healthy_dataset, TRAINER)
+    cmd = ["nnUNetv2_train", str(HEALTHY_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"]
+    first = subprocess.Popen(cmd, env=nnunet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while not (fold / "checkpoint_latest.pth").is_file():
+        assert first.poll() is None, f"training ended before its first checkpoint:\n{first.stdout.read()}"
+        assert time.time() < deadline, "no checkpoint_latest.pth after 300 s"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first_log = first.communicate()[0]
+    interrupted_epochs = torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"]
+    second = nnunet.run(*cmd, "--c")
+    return {"fold": fold, "first_log": first_log, "second_log": second.stdout,
+            "resumed_from_epoch": interrupted_epochs}

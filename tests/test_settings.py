@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from sadm_nnunet.diffusion.settings import DiffusionSettings, load_template, unet_config
+
+
+def test_template_holds_the_paper_defaults():
+    s = DiffusionSettings.from_dict({})
+    assert s.num_train_timesteps == 1000
+    assert s.beta_schedule == "squaredcos_cap_v2"
+    assert (s.noise.kind, s.noise.octaves, s.noise.persistence, s.noise.frequency) == ("simplex", 6, 0.8, 64.0)
+    assert s.reconstruction.noise_levels == (250, 500, 750)
+    assert s.reconstruction.method == "single_step"
+    assert s.training.learning_rate == 1e-4
+    assert s.to_dict() == json.loads(json.dumps(s.to_dict()))  # JSON-serialisable
+
+
+def test_unknown_or_mistyped_settings_are_errors():
+    with pytest.raises(KeyError, match="sadm_diffusion.unet.widths"):
+        DiffusionSettings.from_dict({"unet": {"widths": [1, 2]}})
+    with pytest.raises(TypeError, match="sadm_diffusion.unet.base_channels.*integer"):
+        DiffusionSettings.from_dict({"unet": {"base_channels": 8.5}})
+    with pytest.raises(ValueError, match="noise.kind.*'perlin'"):
+        DiffusionSettings.from_dict({"noise": {"kind": "perlin"}})
+    with pytest.raises(ValueError, match=r"noise_levels.*\[0, 1000\)"):
+        DiffusionSettings.from_dict({"reconstruction": {"noise_levels": [1000]}})
+
+
+def test_unet_rule_for_paper_and_tiny_patches():
+    s = DiffusionSettings.from_dict({})
+    cfg = unet_config(s, (96, 96), 1)
+    assert cfg["block_out_channels"] == (64, 128, 256, 256)  # 96 -> 48 -> 24 -> 12 (>= min_resolution 8)
+    assert cfg["down_block_types"][-1] == "AttnDownBlock2D" and cfg["down_block_types"][0] == "DownBlock2D"
+    assert cfg["sample_size"] == (96, 96) and cfg["in_channels"] == cfg["out_channels"] == 1
+    assert len(unet_config(s, (256, 224), 2)["block_out_channels"]) == 5  # capped by max_levels
+    assert unet_config(s, (32, 24), 1)["block_out_channels"] == (64, 128)  # at least 2 levels
+    with pytest.raises(ValueError, match="2D slices.*3D patch size"):
+        unet_config(s, (32, 32, 32), 1)
+    with pytest.raises(ValueError, match=r"not divisible by 8"):
+        unet_config(s, (96, 90), 1)
+
+
+def test_template_file_comments_are_not_settings():
+    assert not any(k.startswith("_") for k in load_template())

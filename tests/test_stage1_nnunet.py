@@ -1,0 +1,158 @@
+"""Stage I end to end through the real nnU-Net commands on a tiny generated healthy dataset."""
+import json
+import re
+import shutil
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from conftest import HEALTHY_ID, HEALTHY_T1, TRAINER
+from sadm_nnunet.anomaly_maps import masked_mean
+from sadm_nnunet.diffusion.export import load_diffusion_model
+from sadm_nnunet.diffusion.reconstruction import Reconstructor
+from sadm_nnunet.datasets.healthy_cohort import build_healthy_dataset
+
+
+def test_training_finishes_and_resumes_from_the_last_checkpoint(trained_stage1):
+    fold = trained_stage1["fold"]
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "validation/summary.json",
+                 "diffusion_model/model_index.json"):
+        assert (fold / name).is_file(), name
+    assert not (fold / "checkpoint_latest.pth").exists()  # nnU-Net removes it after a finished training
+    resumed = trained_stage1["resumed_from_epoch"]
+    assert resumed >= 1
+    epochs_second_run = [int(e) for e in re.findall(r"Epoch (\d+)\n", trained_stage1["second_log"])]
+    assert epochs_second_run[0] == resumed and epochs_second_run[-1] == 2
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == 3
+    assert final["trainer_name"] == TRAINER
+    assert len(final["logging"]["val_ssim"]) == 3 and len(final["logging"]["val_l1"]) == 3
+    # 300 Adam steps were taken in all, across the two runs (EMA counts one update per step)
+    assert int(final["network_weights"]["ema_updates"]) == 300
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert len(summary["per_case"]) == 8 and summary["noise_levels"] == [250, 500, 750]
+    # the results folder's plans record every stage-I setting
+    plans = json.loads((fold.parent / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["sadm_diffusion"]["unet"]["base_channels"] == 8
+
+
+def test_trained_model_reconstructs_an_unseen_healthy_brain_better_than_at_initialisation(
+        trained_stage1, nnunet, tmp_path):
+    unet, settings = load_diffusion_model(trained_stage1["fold"] / "diffusion_model")
+    # an unseen subject: same cohort recipe, another seed, preprocessed by nnU-Net's own preprocessor
+    build_healthy_dataset(HEALTHY_T1, tmp_path / "raw", num_cases=1, seed=123, zoom=1 / 3, spacing=6.0)
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    base = trained_stage1["fold"].parent
+    pm = PlansManager(json.loads((base / "plans.json").read_text()))
+    data, _, _ = DefaultPreprocessor(verbose=False).run_case(
+        [str(tmp_path / "raw" / "imagesTr" / "healthy_000_0000.nii.gz")], None, pm, pm.get_configuration("2d"),
+        json.loads((base / "dataset.json").read_text()))
+    image = torch.from_numpy(np.asarray(data, dtype=np.float32)).permute(1, 0, 2, 3)
+    mask = image != 0
+
+    def error(model: UNet2DModel, levels: tuple[int, ...]) -> float:
+        recon = Reconstructor(model, settings, replace(settings.reconstruction, noise_levels=levels))(image)
+        return float(masked_mean((recon - image).abs(), mask).nanmean())
+
+    torch.manual_seed(0)
+    initial = UNet2DModel.from_config(unet.config).eval()
+    for levels, factor in (((250,), 0.85), ((250, 500, 750), 0.95)):
+        trained_error, initial_error = error(unet, levels), error(initial, levels)
+        print(f"noise levels {levels}: reconstruction L1 (z-score units) trained {trained_error:.3f} "
+              f"vs initial {initial_error:.3f}")
+        assert trained_error < factor * initial_error
+    # and the validation error logged by the trainer went down over the 3 epochs
+    logged = torch.load(trained_stage1["fold"] / "checkpoint_final.pth", weights_only=False)["logging"]["val_l1"]
+    assert logged[-1] < logged[0]
+
+
+def test_reconstruct_command_writes_maps_in_the_input_geometry(trained_stage1, nnunet, healthy_dataset,
+                                                               tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    src = nnunet.raw / healthy_dataset / "imagesTr"
+    for name in ("healthy_000_0000.nii.gz", "healthy_001_0000.nii.gz"):
+        shutil.copy(src / name, images / name)
+    out = tmp_path / "out"
+    proc = nnunet.run("sadm_nnunet_reconstruct", "-i", images, "-o", out, "-d", HEALTHY_ID, "-tr", TRAINER)
+    assert "3 network passes per slice" in proc.stdout
+    reference = nib.load(images / "healthy_000_0000.nii.gz")
+    for kind in ("reconstruction_0000", "residual", "ssim"):
+        written = nib.load(out / f"healthy_000_{kind}.nii.gz")
+        assert written.shape == reference.shape
+        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
+    original = np.asarray(reference.dataobj)
+    recon = np.asarray(nib.load(out / "healthy_000_reconstruction_0000.nii.gz").dataobj)
+    brain = original != 0
+    # the reconstruction is in the input's intensity units and resembles the input
+    assert abs(recon[brain].mean() - original[brain].mean()) < 0.2 * original[brain].std()
+    assert np.corrcoef(recon[brain], original[brain])[0, 1] > 0.5
+    assert np.all(recon[~brain] == 0)
+    dissimilarity = np.asarray(nib.load(out / "healthy_000_ssim.nii.gz").dataobj)
+    assert np.isfinite(dissimilarity).all() and dissimilarity.max() <= 2.0
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_reconstruct_command_rejects_wrong_channels_and_file_endings(trained_stage1, nnunet, healthy_dataset,
+                                                                     tmp_path):
+    src = nnunet.raw / healthy_dataset / "imagesTr" / "healthy_000_0000.nii.gz"
+    two_channels = tmp_path / "two"
+    two_channels.mkdir()
+    shutil.copy(src, two_channels / "case_0000.nii.gz")
+    shutil.copy(src, two_channels / "case_0001.nii.gz")
+    proc = nnunet.run("sadm_nnunet_reconstruct", "-i", two_channels, "-o", tmp_path / "o", "-d", HEALTHY_ID,
+                      "-tr", TRAINER, check=False)
+    assert proc.returncode != 0
+    assert "Case 'case'" in proc.stderr and "channel(s) [0, 1]" in proc.stderr and "1 channel(s)" in proc.stderr
+    wrong_ending = tmp_path / "mha"
+    wrong_ending.mkdir()
+    (wrong_ending / "case_0000.mha").write_bytes(b"x")
+    proc = nnunet.run("sadm_nnunet_reconstruct", "-i", wrong_ending, "-o", tmp_path / "o", "-d", HEALTHY_ID,
+                      "-tr", TRAINER, check=False)
+    assert proc.returncode != 0 and "file ending '.nii.gz'" in proc.stderr and "case_0000.mha" in proc.stderr
+    missing = nnunet.run("sadm_nnunet_reconstruct", "-i", wrong_ending, "-o", tmp_path / "o", "-d", HEALTHY_ID,
+                         "-tr", "SADMDiffusionTrainer_5epochs", check=False)
+    assert missing.returncode != 0 and "No trained stage-I model" in missing.stderr
+
+
+def test_truncated_checkpoint_gives_a_clear_error(trained_stage1, nnunet, healthy_dataset):
+    trainer = "SADMDiffusionTrainer_2epochs_10its"
+    fold = nnunet.fold_folder(healthy_dataset, trainer)
+    fold.mkdir(parents=True, exist_ok=True)
+    data = (trained_stage1["fold"] / "checkpoint_final.pth").read_bytes()
+    (fold / "checkpoint_final.pth").write_bytes(data[: len(data) // 3])
+    proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "2d", "all", "-tr", trainer, "-device", "cpu", "--c",
+                      check=False)
+    assert proc.returncode != 0
+    assert "Could not load checkpoint" in proc.stderr and "checkpoint_final.pth" in proc.stderr
+    assert "truncated" in proc.stderr
+
+
+def test_3d_configuration_is_refused(healthy_dataset, nnunet):
+    proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "3d_fullres", "all", "-tr", "SADMDiffusionTrainer",
+                      "-device", "cpu", check=False)
+    assert proc.returncode != 0
+    assert "trains on 2D slices" in proc.stderr and "3d_fullres" in proc.stderr
+
+
+def test_dataset_with_lesion_labels_is_refused(nnunet):
+    from sadm_nnunet.datasets.healthy_cohort import load_brains, random_subject, write_case, write_dataset_json
+    folder = nnunet.raw / "Dataset502_Lesions"
+    rng = np.random.default_rng(0)
+    name, image, mask = load_brains(HEALTHY_T1)[0]
+    for i in range(3):
+        subject, subject_mask = random_subject(image, mask, rng, zoom=1 / 3)
+        label = subject_mask.astype(np.uint8)
+        label[12:16, 14:18, 12:16] = 2 * subject_mask[12:16, 14:18, 12:16]
+        write_case(folder, f"lesion_{i:03d}", subject, label, 6.0)
+    write_dataset_json(folder, 3, {"background": 0, "brain": 1, "tumour": 2})
+    nnunet.plan(502)
+    proc = nnunet.run("nnUNetv2_train", "502", "2d", "all", "-tr", "SADMDiffusionTrainer_2epochs_10its",
+                      "-device", "cpu", check=False)
+    assert proc.returncode != 0
+    assert "healthy scans only" in proc.stderr and "3 case(s)" in proc.stderr and "lesion_000 (labels [2])" in proc.stderr
