@@ -81,10 +81,10 @@ def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
     cmd = ["nnUNetv2_train", str(HEALTHY_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"]
     first = subprocess.Popen(cmd, env=nnunet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 1200
     while not (fold / "checkpoint_latest.pth").is_file():
         assert first.poll() is None, f"training ended before its first checkpoint:\n{first.stdout.read()}"
-        assert time.time() < deadline, "no checkpoint_latest.pth after 300 s"
+        assert time.time() < deadline, "no checkpoint_latest.pth after 1200 s"
         time.sleep(0.2)
     time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
