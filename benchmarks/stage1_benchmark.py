@@ -1,36 +1,47 @@
-"""Stage-I benchmark: training throughput of SADMDiffusionTrainer and reconstruction time per volume.
+"""Stage-I benchmark: training throughput of SADMDiffusionTrainer and reconstruction time per volume (CPU).
 
-    python benchmarks/stage1_benchmark.py [--quick] [--output results.json] [--workdir DIR]
+    python benchmarks/stage1_benchmark.py [--quick] [--output results.json] [--workdir DIR] [--threads 2]
 
 1. Training throughput (slices/s). (a) The real nnU-Net path: `SADMDiffusionTrainer` on a preprocessed nnU-Net
-   dataset built from the healthy brains in `../shared/data/healthy_t1`, `on_train_start()` and then
-   `train_step(next(trainer.dataloader_train))`; this includes nnU-Net's data loading and augmentation
+   dataset built from the healthy brains in `../shared/data/healthy_t1`: `on_train_start()`, then
+   `train_step(next(trainer.dataloader_train))`, which includes nnU-Net's data loading and augmentation
    (single-threaded, nnUNet_n_proc_DA=0). (b) A plain diffusers loop with the same UNet2DModel config, batch size,
    noise, scheduler, Adam, L1 loss, gradient clipping and EMA update, fed from random tensors already in memory.
-   The ratio (a)/(b) is what nnU-Net's machinery costs; the target is >= 0.9.
+   Iterations of (a) and (b) alternate, so machine load hits both alike. The ratio (a)/(b) is what nnU-Net's
+   machinery costs; the target is >= 0.9.
 2. Reconstruction time per 96x96x50 volume (real healthy slices, z-scored inside the brain mask) with
-   `Reconstructor`: the default single-step ensemble, iterative DDPM with 500 steps from t=500 (extrapolated from a
-   short run with the same per-step work unless --iterative-probe-steps 500), and patch-wise (patch_grid=2).
+   `Reconstructor`: the default single-step ensemble, iterative DDPM with 500 steps from t=500, and patch-wise
+   (patch_grid=2). A variant that would not fit in the time budget is run with fewer steps (iterative) or slices
+   (patch-wise) and extrapolated linearly in network passes; the table says so.
 
 Medians over repeats; every ratio is against a baseline measured in the same run. `--quick` uses a tiny UNet and
-tiny data (for CI, < 60 s); it never fails because of a timing result.
+tiny data (for CI, well under 60 s); it never fails because of a timing result.
+
+Threads: torch runs with `--threads` (default 2) intra-op threads and, unless OMP_WAIT_POLICY is already set,
+OMP_WAIT_POLICY=PASSIVE. On the 2-vCPU development VMs libgomp's default spin-waiting makes every small op cost
+~8 ms with 2 threads (a 50x slowdown of the tiny-UNet run, 1.7x of the default one); passive waiting avoids it.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
-import datetime
-import json
 import os
-import platform
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+
+# Must be set before torch (libgomp) is loaded; see the module docstring.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HEALTHY_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "healthy_t1"
 DATASET_ID = 990
@@ -38,39 +49,40 @@ DATASET_NAME = f"Dataset{DATASET_ID}_BenchHealthy"
 CONFIGURATION = "2d"
 TARGET_RATIO = 0.9
 TINY_UNET = ["unet.base_channels=8", "unet.max_channels=16", "unet.norm_num_groups=4", "unet.layers_per_block=1"]
-
-# Everything that differs between the full run and --quick.
-MODES = {
-    "full": dict(num_cases=6, zoom=1.0, spacing=2.0, unet_overrides=[], warmup=2, iterations=10,
-                 volume_shape=(1, 1, 50, 96, 96), recon_repeats=3, patch_repeats=1, iterative_probe_steps=5,
-                 iterative_repeats=1),
-    "quick": dict(num_cases=3, zoom=0.5, spacing=4.0, unet_overrides=TINY_UNET, warmup=1, iterations=3,
-                  volume_shape=(1, 1, 8, 48, 48), recon_repeats=2, patch_repeats=1, iterative_probe_steps=2,
-                  iterative_repeats=1),
-}
 ITERATIVE_STEPS = 500
 ITERATIVE_LEVEL = 500
+
+# Everything that differs between the full run and --quick. Training runs between min_iterations and iterations
+# timed iterations per path, as many as fit before `train_share` of the time budget is spent; a reconstruction
+# variant that would not fit in what is left is run shorter (fewer steps or slices) and extrapolated.
+MODES = {
+    "full": dict(num_cases=6, zoom=1.0, spacing=2.0, unet_overrides=[], warmup=1, min_iterations=3, iterations=10,
+                 volume_shape=(1, 1, 50, 96, 96), recon_repeats=3, time_budget_s=480.0, train_share=0.45),
+    "quick": dict(num_cases=3, zoom=0.5, spacing=4.0, unet_overrides=TINY_UNET, warmup=1, min_iterations=3,
+                  iterations=8, volume_shape=(1, 1, 8, 48, 48), recon_repeats=3, time_budget_s=40.0,
+                  train_share=0.8),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny UNet, tiny data, a few iterations (CI, < 60 s)")
+    p.add_argument("--quick", action="store_true", help="tiny UNet, tiny data, a few iterations (CI)")
     p.add_argument("--output", type=Path, help="write the results to this JSON file")
     p.add_argument("--workdir", type=Path,
                    help="folder for nnUNet_raw/preprocessed/results (kept afterwards; default: a temporary folder)")
     p.add_argument("--source", type=Path, default=HEALTHY_SOURCE,
                    help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--iterations", type=int, help="timed training iterations per path (overrides the mode)")
-    p.add_argument("--warmup", type=int, help="untimed training iterations per path (overrides the mode)")
-    p.add_argument("--iterative-probe-steps", type=int,
-                   help=f"steps actually run for the {ITERATIVE_STEPS}-step iterative reconstruction; the time is "
-                        f"extrapolated linearly unless this is {ITERATIVE_STEPS} (slow on CPU)")
+    p.add_argument("--iterations", type=int, help="most timed training iterations per path (default: by mode)")
+    p.add_argument("--min-iterations", type=int, help="fewest timed training iterations per path")
+    p.add_argument("--warmup", type=int, help="untimed training iterations per path")
+    p.add_argument("--time-budget", type=float, dest="time_budget_s",
+                   help="seconds the whole run aims at (default: 480 full, 40 quick); sizes the measurements")
     return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# dataset
+# dataset and trainer
 
 
 def nnunet_env(workdir: Path) -> dict[str, str]:
@@ -90,8 +102,8 @@ def console_script(name: str) -> str:
 
 
 def prepare_dataset(workdir: Path, source: Path, mode: dict, log) -> dict:
-    """Builds the healthy raw dataset, runs nnU-Net planning and preprocessing (2d), and (for --quick) writes a
-    tiny `sadm_diffusion` block into the plans. Returns timings of the steps."""
+    """Builds the healthy raw dataset, runs nnU-Net planning and preprocessing (2d) and, for --quick, writes a tiny
+    `sadm_diffusion` block into the plans with sadm_nnunet_plan_diffusion. Returns the time of each step."""
     from sadm_nnunet.datasets.healthy_cohort import build_healthy_dataset
 
     if not source.is_dir():
@@ -128,7 +140,7 @@ def prepare_dataset(workdir: Path, source: Path, mode: dict, log) -> dict:
 
 
 def make_trainer(device):
-    """SADMDiffusionTrainer built as nnunetv2.run.run_training.get_trainer_from_args builds a trainer."""
+    """SADMDiffusionTrainer built the way nnunetv2.run.run_training.get_trainer_from_args builds a trainer."""
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
 
@@ -147,15 +159,14 @@ def make_trainer(device):
 
 
 class PlainDiffusersLoop:
-    """The baseline: the same denoiser, noise, scheduler, optimiser and loss as the trainer's `train_step`,
-    without nnU-Net, fed from tensors already in memory."""
+    """The baseline: the trainer's `train_step` arithmetic (same denoiser config, noise, scheduler, Adam, L1 loss,
+    gradient clipping, EMA update) without nnU-Net, fed from tensors already in memory."""
 
     def __init__(self, settings, patch_size, channels: int, batch_size: int, device, pool: int = 4) -> None:
         import torch
 
         from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
 
-        self.torch = torch
         self.settings = settings
         self.device = device
         self.model = Denoiser.from_settings(settings, tuple(patch_size), channels).to(device)
@@ -168,9 +179,10 @@ class PlainDiffusersLoop:
         self.i = 0
 
     def step(self) -> float:
+        import torch
+
         from sadm_nnunet.diffusion.noise import sample_noise
 
-        torch = self.torch
         batch = self.batches[self.i % len(self.batches)]
         self.i += 1
         x0 = self.settings.to_model_space(batch)
@@ -186,8 +198,10 @@ class PlainDiffusersLoop:
         return float(loss.detach())
 
 
-def benchmark_training(trainer, mode: dict, log) -> dict:
-    """Alternates blocks of trainer and baseline iterations (so drift hits both alike); per-iteration times."""
+def benchmark_training(trainer, mode: dict, deadline: float, log) -> dict:
+    """Alternates trainer and baseline iterations; per-iteration wall times, medians and the ratio."""
+    from sadm_nnunet.diffusion.settings import unet_config
+
     batch_size = trainer.batch_size
     patch_size = tuple(int(p) for p in trainer.configuration_manager.patch_size)
     channels = trainer.num_input_channels
@@ -197,14 +211,17 @@ def benchmark_training(trainer, mode: dict, log) -> dict:
         t0 = time.perf_counter()
         batch = next(trainer.dataloader_train)
         t1 = time.perf_counter()
-        trainer.train_step(batch)
+        out = trainer.train_step(batch)
         t2 = time.perf_counter()
-        assert batch["data"].shape[0] == batch_size, batch["data"].shape
+        if batch["data"].shape[0] != batch_size or not math.isfinite(float(out["loss"])):
+            raise RuntimeError(f"trainer step: batch {tuple(batch['data'].shape)}, loss {out['loss']}")
         return t2 - t0, t1 - t0
 
     def baseline_iteration() -> float:
         t0 = time.perf_counter()
-        baseline.step()
+        loss = baseline.step()
+        if not math.isfinite(loss):
+            raise RuntimeError(f"baseline step: loss {loss}")
         return time.perf_counter() - t0
 
     with contextlib.redirect_stdout(log):
@@ -213,34 +230,31 @@ def benchmark_training(trainer, mode: dict, log) -> dict:
         trainer_iteration()
         baseline_iteration()
     trainer_times, loading_times, baseline_times = [], [], []
-    n = mode["iterations"]
-    block = max(1, min(5, n // 2))
-    while len(trainer_times) < n:
-        for _ in range(min(block, n - len(trainer_times))):
-            total, loading = trainer_iteration()
-            trainer_times.append(total)
-            loading_times.append(loading)
-        for _ in range(min(block, n - len(baseline_times))):
-            baseline_times.append(baseline_iteration())
+    while len(trainer_times) < mode["iterations"]:
+        t0 = time.perf_counter()
+        total, loading = trainer_iteration()
+        trainer_times.append(total)
+        loading_times.append(loading)
+        baseline_times.append(baseline_iteration())
+        pair = time.perf_counter() - t0
+        if len(trainer_times) >= mode["min_iterations"] and time.perf_counter() + pair > deadline:
+            break
 
     med_trainer, med_baseline = statistics.median(trainer_times), statistics.median(baseline_times)
-    med_loading = statistics.median(loading_times)
-    from sadm_nnunet.diffusion.settings import unet_config
-
     cfg = unet_config(trainer.settings, patch_size, channels)
-    n_params = sum(p.numel() for p in trainer.denoiser().trainable_parameters())
     return {
         "batch_size": batch_size,
         "patch_size": list(patch_size),
         "channels": channels,
         "unet_block_out_channels": list(cfg["block_out_channels"]),
+        "unet_down_block_types": list(cfg["down_block_types"]),
         "unet_layers_per_block": cfg["layers_per_block"],
-        "unet_parameters": n_params,
+        "unet_parameters": sum(p.numel() for p in trainer.denoiser().trainable_parameters()),
         "warmup_iterations": mode["warmup"],
-        "timed_iterations": n,
+        "timed_iterations": len(trainer_times),
         "nnunet": {"median_s_per_iteration": med_trainer, "slices_per_s": batch_size / med_trainer,
-                   "iteration_times_s": trainer_times,
-                   "median_data_loading_s": med_loading, "data_loading_times_s": loading_times},
+                   "iteration_times_s": trainer_times, "median_data_loading_s": statistics.median(loading_times),
+                   "data_loading_times_s": loading_times},
         "plain_diffusers": {"median_s_per_iteration": med_baseline, "slices_per_s": batch_size / med_baseline,
                             "iteration_times_s": baseline_times},
         "ratio_nnunet_to_plain": med_baseline / med_trainer,
@@ -265,7 +279,7 @@ def healthy_volume(source: Path, shape: tuple[int, ...]):
     _, image, mask = load_brains(source)[0]
     _, _, d, h, w = shape
     start = max(0, image.shape[2] // 2 - d // 2)
-    img = torch.from_numpy(np.ascontiguousarray(image[:, :, start:start + d].transpose(2, 0, 1)))  # (D, X, Y)
+    img = torch.from_numpy(np.ascontiguousarray(image[:, :, start:start + d].transpose(2, 0, 1)))
     msk = torch.from_numpy(np.ascontiguousarray(mask[:, :, start:start + d].transpose(2, 0, 1))).float()
     img = F.interpolate(img[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     msk = F.interpolate(msk[:, None], size=(h, w), mode="nearest")[:, 0] > 0.5
@@ -274,54 +288,83 @@ def healthy_volume(source: Path, shape: tuple[int, ...]):
     return z[None, None].float().contiguous()
 
 
-def time_calls(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+def timed_reconstruction(rec, volume) -> float:
+    t0 = time.perf_counter()
+    out = rec(volume)
+    elapsed = time.perf_counter() - t0
+    if out.shape != volume.shape or not bool(out.isfinite().all()):
+        raise RuntimeError(f"reconstruction has shape {tuple(out.shape)} (expected {tuple(volume.shape)}) or "
+                           f"non-finite values ({dataclasses.asdict(rec.options)})")
+    return elapsed
 
 
-def benchmark_reconstruction(unet, settings, volume, mode: dict, probe_steps: int) -> dict:
-    """Seconds per volume and network passes per slice of the reconstruction variants."""
+def benchmark_reconstruction(unet, settings, volume, mode: dict, deadline: float) -> dict:
+    """Seconds per volume and network passes per slice of the single-step, iterative and patch-wise variants.
+
+    Single-step (the baseline) is measured on the whole volume, then patch-wise, then iterative. Patch-wise is
+    measured whole when its estimated time (passes x slices x the single-step time per slice-pass) fits before the
+    deadline, keeping room for a one-step iterative probe; otherwise on fewer slices. Iterative runs as many steps
+    as fit in what is left. Shortened runs are scaled by the ratio of slices or network passes and flagged.
+    """
     from sadm_nnunet.diffusion.reconstruction import Reconstructor
 
+    depth = volume.shape[2]
     default = settings.reconstruction
+    patchwise = dataclasses.replace(default, patch_grid=2)
     iterative = dataclasses.replace(default, method="iterative", noise_levels=(ITERATIVE_LEVEL,), sampler="ddpm",
                                     num_steps=ITERATIVE_STEPS, patch_grid=1, seed=0, batch_size=50)
-    patchwise = dataclasses.replace(default, patch_grid=2)
-    rows = []
+    # untimed warm-up on one slice (first-call allocations, kernel selection)
+    Reconstructor(unet, settings, default)(volume[:, :, :1])
 
-    def measure(name: str, options, repeats: int) -> dict:
-        rec = Reconstructor(unet, settings, options)
-        out = rec(volume)  # warm-up, and a shape/finite check
-        if out.shape != volume.shape or not bool(out.isfinite().all()):
-            raise RuntimeError(f"{name}: reconstruction has shape {tuple(out.shape)} (expected "
-                               f"{tuple(volume.shape)}) or non-finite values")
-        times = time_calls(lambda: rec(volume), repeats)
-        return {"name": name, "options": dataclasses.asdict(options), "passes_per_slice": rec.passes_per_slice(),
-                "times_s": times, "s_per_volume": statistics.median(times), "measured": True}
+    def row(name: str, options, times: list[float], s_per_volume: float, measured: str, **extra) -> dict:
+        passes = Reconstructor(unet, settings, options).passes_per_slice()
+        return {"name": name, "options": dataclasses.asdict(options), "passes_per_slice": passes, "times_s": times,
+                "s_per_volume": s_per_volume, "measured": measured, "extrapolated": measured != "whole volume",
+                **extra}
 
-    single = measure("single-step ensemble (default)", default, mode["recon_repeats"])
-    rows.append(single)
+    # single-step: repeat while the other two (about 4x and >= 1/3 of it) still fit
+    rec = Reconstructor(unet, settings, default)
+    times = [timed_reconstruction(rec, volume)]
+    while len(times) < mode["recon_repeats"] and time.perf_counter() + times[0] * 5.5 < deadline:
+        times.append(timed_reconstruction(rec, volume))
+    single = row("single-step ensemble (default)", default, times, statistics.median(times), "whole volume")
+    per_slice_pass = single["s_per_volume"] / (single["passes_per_slice"] * depth)
+    one_step = 1.2 * depth * per_slice_pass  # a one-step iterative probe
 
-    target = Reconstructor(unet, settings, iterative)
-    if probe_steps >= ITERATIVE_STEPS:
-        rows.append(measure(f"iterative DDPM, {ITERATIVE_STEPS} steps from t={ITERATIVE_LEVEL}", iterative,
-                            mode["iterative_repeats"]))
+    # patch-wise
+    name = "patch-wise single-step (patch_grid=2)"
+    passes = Reconstructor(unet, settings, patchwise).passes_per_slice()
+    allowed = deadline - time.perf_counter() - one_step
+    if passes * depth * per_slice_pass <= allowed:
+        t = timed_reconstruction(Reconstructor(unet, settings, patchwise), volume)
+        patch = row(name, patchwise, [t], t, "whole volume")
     else:
-        probe = dataclasses.replace(iterative, num_steps=probe_steps)
-        row = measure(f"iterative DDPM, {ITERATIVE_STEPS} steps from t={ITERATIVE_LEVEL}", probe,
-                      mode["iterative_repeats"])
-        probe_passes = row["passes_per_slice"]
-        row.update(probe_passes_per_slice=probe_passes, probe_s_per_volume=row["s_per_volume"],
-                   passes_per_slice=target.passes_per_slice(), options=dataclasses.asdict(iterative),
-                   s_per_volume=row["s_per_volume"] * target.passes_per_slice() / probe_passes, measured=False)
-        rows.append(row)
-    rows.append(measure("patch-wise single-step (patch_grid=2)", patchwise, mode["patch_repeats"]))
-    for row in rows:
-        row["ratio_to_single_step"] = row["s_per_volume"] / single["s_per_volume"]
+        slices = max(1, min(depth - 1, int(allowed / (passes * per_slice_pass))))
+        t = timed_reconstruction(Reconstructor(unet, settings, patchwise), volume[:, :, :slices])
+        patch = row(name, patchwise, [t], t * depth / slices,
+                    f"{slices} of {depth} slices, extrapolated x {depth / slices:.1f}", probe_slices=slices)
+
+    # iterative: as many steps as fit (>= 1). The per-step work (one pass + one sampler step) does not depend on
+    # the number of steps, only the stride between timesteps does. Only step counts that divide the noise level:
+    # otherwise a timestep falls off DDPMScheduler's grid and its step() raises IndexError.
+    name = f"iterative DDPM, {ITERATIVE_STEPS} steps from t={ITERATIVE_LEVEL}"
+    passes = Reconstructor(unet, settings, iterative).passes_per_slice()
+    affordable = int((deadline - time.perf_counter()) / (depth * per_slice_pass))
+    if affordable >= passes:
+        t = timed_reconstruction(Reconstructor(unet, settings, iterative), volume)
+        it = row(name, iterative, [t], t, "whole volume")
+    else:
+        steps = max([k for k in range(1, passes) if ITERATIVE_LEVEL % k == 0 and k <= affordable] or [1])
+        probe = Reconstructor(unet, settings, dataclasses.replace(iterative, num_steps=steps))
+        probe_passes = probe.passes_per_slice()
+        t = timed_reconstruction(probe, volume)
+        it = row(name, iterative, [t], t * passes / probe_passes,
+                 f"{probe_passes} of {passes} steps, whole volume, extrapolated x {passes / probe_passes:.0f}",
+                 probe_passes_per_slice=probe_passes)
+
+    rows = [single, it, patch]
+    for r in rows:
+        r["ratio_to_single_step"] = r["s_per_volume"] / single["s_per_volume"]
     return {"volume_shape": list(volume.shape), "variants": rows}
 
 
@@ -329,19 +372,31 @@ def benchmark_reconstruction(unet, settings, volume, mode: dict, probe_steps: in
 # report
 
 
-def machine_info() -> dict:
+def machine_info(device) -> dict:
     import torch
 
-    return {"cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": "cpu",
-            "python": platform.python_version(), "platform": platform.platform()}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "device": str(device), "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_at_start": list(load) if load else None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("nnunetv2", "diffusers", "torch", "batchgeneratorsv2", "sadm_nnunet"):
+    for pkg in ("sadm_nnunet", "nnunetv2", "diffusers", "torch", "batchgeneratorsv2"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -350,49 +405,50 @@ def versions() -> dict:
 
 
 def markdown(results: dict) -> str:
-    tr, rc = results["training"], results["reconstruction"]
+    m, tr, rc, ds = results["machine"], results["training"], results["reconstruction"], results["dataset"]
+    load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"]) if m["load_average_at_start"] else "n/a"
     lines = [
         f"### Stage-I benchmark ({results['mode']}), {results['date']}",
         "",
-        f"Machine: {results['machine']['cpu_count']} CPUs ({results['machine']['cpu']}), torch "
-        f"{results['machine']['torch']} with {results['machine']['torch_threads']} threads, device "
-        f"{results['machine']['device']}; nnunetv2 {results['versions']['nnunetv2']}, diffusers "
-        f"{results['versions']['diffusers']}.",
-        f"Dataset: {results['dataset']['num_cases']} healthy cases, zoom {results['dataset']['zoom']}, nnU-Net 2d "
-        f"patch {tr['patch_size']}, batch {tr['batch_size']}. UNet widths {tr['unet_block_out_channels']}, "
-        f"{tr['unet_layers_per_block']} layers/block, {tr['unet_parameters'] / 1e6:.2f} M parameters.",
+        f"- Machine: {m['cpu_count']} CPUs ({m['cpu']}), device {m['device']}, torch {m['torch']} with "
+        f"{m['torch_threads']} threads (OMP_WAIT_POLICY={m['omp_wait_policy']}), load average at start {load}; "
+        f"nnunetv2 {results['versions']['nnunetv2']}, diffusers {results['versions']['diffusers']}.",
+        f"- Data: {ds['num_cases']} healthy cases (zoom {ds['zoom']}, spacing {ds['spacing']} mm); nnU-Net 2d "
+        f"patch {tr['patch_size']}, batch {tr['batch_size']}.",
+        f"- Denoiser: widths {tr['unet_block_out_channels']}, {tr['unet_layers_per_block']} layer(s) per block, "
+        f"{tr['unet_parameters'] / 1e6:.2f} M parameters"
+        f"{' (tiny --quick UNet)' if ds['unet_overrides'] else ' (template default)'}.",
         "",
-        f"Training throughput (median of {tr['timed_iterations']} iterations after {tr['warmup_iterations']} "
-        f"warm-up, per path):",
+        f"Training throughput, median of {tr['timed_iterations']} timed iterations per path after "
+        f"{tr['warmup_iterations']} warm-up (paths alternate):",
         "",
-        "| path | s / iteration | slices / s | ratio to plain loop |",
+        "| path | s / iteration | slices / s | ratio to (b) |",
         "|---|---:|---:|---:|",
-        f"| (a) nnU-Net `SADMDiffusionTrainer` (loading + augmentation + `train_step`) | "
+        f"| (a) nnU-Net `SADMDiffusionTrainer`: `next(dataloader_train)` + `train_step` | "
         f"{tr['nnunet']['median_s_per_iteration']:.3f} | {tr['nnunet']['slices_per_s']:.2f} | "
         f"**{tr['ratio_nnunet_to_plain']:.3f}** |",
-        f"|     of which `next(dataloader_train)` (nnUNet_n_proc_DA=0) | "
+        f"| (a) of which data loading + augmentation (nnUNet_n_proc_DA=0) | "
         f"{tr['nnunet']['median_data_loading_s']:.3f} | | |",
-        f"| (b) plain diffusers loop (in-memory tensors) | {tr['plain_diffusers']['median_s_per_iteration']:.3f} | "
+        f"| (b) plain diffusers loop, in-memory tensors | {tr['plain_diffusers']['median_s_per_iteration']:.3f} | "
         f"{tr['plain_diffusers']['slices_per_s']:.2f} | 1.000 |",
         "",
-        f"Target ratio (a)/(b) >= {tr['target_ratio']}: **{'met' if tr['target_met'] else 'NOT met'}**.",
+        f"Target (a)/(b) >= {tr['target_ratio']}: **{'met' if tr['target_met'] else 'NOT met'}**.",
         "",
-        f"Reconstruction of one {'x'.join(str(s) for s in rc['volume_shape'][2:][::-1])} volume "
-        f"(shape {rc['volume_shape']}, real healthy slices):",
+        f"Reconstruction of one volume of shape {rc['volume_shape']} (real healthy slices, z-scored):",
         "",
-        "| method | passes / slice | s / volume | ratio to single-step | how |",
+        "| method | passes / slice | s / volume | ratio to single-step | measured how |",
         "|---|---:|---:|---:|---|",
     ]
     for row in rc["variants"]:
-        if row["measured"]:
-            how = f"median of {len(row['times_s'])} (after 1 warm-up)"
+        how = row["measured"]
+        if not row["extrapolated"]:
+            how += f", median of {len(row['times_s'])}" if len(row["times_s"]) > 1 else ", once"
         else:
-            how = (f"**extrapolated** from {row['probe_passes_per_slice']} measured steps "
-                   f"({row['probe_s_per_volume']:.2f} s) x {row['passes_per_slice']}/{row['probe_passes_per_slice']}")
+            how = f"**extrapolated**: {how} (measured {row['times_s'][0]:.2f} s)"
         lines.append(f"| {row['name']} | {row['passes_per_slice']} | {row['s_per_volume']:.2f} | "
                      f"{row['ratio_to_single_step']:.2f} | {how} |")
-    lines += ["", f"Total run time: {results['runtime_s']:.1f} s (dataset preparation "
-              f"{sum(results['dataset']['timings'].values()):.1f} s)."]
+    lines += ["", f"Total run time {results['runtime_s']:.1f} s (time budget {results['time_budget_s']:.0f} s; "
+              f"dataset preparation {sum(ds['timings'].values()):.1f} s)."]
     return "\n".join(lines)
 
 
@@ -402,11 +458,12 @@ def main(argv: list[str] | None = None) -> dict:
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     mode_name = "quick" if args.quick else "full"
     mode = dict(MODES[mode_name])
-    for key in ("iterations", "warmup", "iterative_probe_steps"):
+    for key in ("iterations", "min_iterations", "warmup", "time_budget_s"):
         if getattr(args, key) is not None:
             mode[key] = getattr(args, key)
-    if mode["iterations"] < 1 or mode["iterative_probe_steps"] < 1:
-        raise SystemExit("--iterations and --iterative-probe-steps must be >= 1")
+    mode["min_iterations"] = min(mode["min_iterations"], mode["iterations"])
+    if mode["iterations"] < 1 or mode["warmup"] < 0 or args.threads < 1:
+        raise SystemExit("--iterations and --threads must be >= 1, --warmup >= 0")
 
     tmp = None
     if args.workdir is None:
@@ -427,22 +484,27 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     device = torch.device("cpu")
+    machine = machine_info(device)
+    budget_end = started + mode["time_budget_s"]
 
     try:
         with open(workdir / "benchmark_stdout.log", "w") as log:
-            print(f"[stage1_benchmark] mode {mode_name}; work folder {workdir}", flush=True)
+            print(f"[stage1_benchmark] {mode_name} mode, work folder {workdir}, {args.threads} torch thread(s), "
+                  f"time budget {mode['time_budget_s']:.0f} s", flush=True)
             dataset_timings = prepare_dataset(workdir, args.source.resolve(), mode, log)
-            print(f"[stage1_benchmark] dataset ready ({sum(dataset_timings.values()):.1f} s); training ...",
+            print(f"[stage1_benchmark] dataset ready after {time.perf_counter() - started:.1f} s; training ...",
                   flush=True)
             with contextlib.redirect_stdout(log):
                 trainer = make_trainer(device)
                 trainer.on_train_start()
-            training = benchmark_training(trainer, mode, log)
-            print(f"[stage1_benchmark] training done ({time.perf_counter() - started:.1f} s); reconstruction ...",
-                  flush=True)
+            train_deadline = started + mode["train_share"] * mode["time_budget_s"]
+            training = benchmark_training(trainer, mode, train_deadline, log)
+            print(f"[stage1_benchmark] training done after {time.perf_counter() - started:.1f} s; "
+                  f"reconstruction ...", flush=True)
             volume = healthy_volume(args.source.resolve(), mode["volume_shape"])
             reconstruction = benchmark_reconstruction(trainer.denoiser().ema, trainer.settings, volume, mode,
-                                                      mode["iterative_probe_steps"])
+                                                      budget_end)
+            settings = trainer.settings.to_dict()
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -450,14 +512,15 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "mode": mode_name,
         "date": date,
-        "machine": machine_info(),
+        "machine": machine,
         "versions": versions(),
         "dataset": {"name": DATASET_NAME, "num_cases": mode["num_cases"], "zoom": mode["zoom"],
                     "spacing": mode["spacing"], "unet_overrides": mode["unet_overrides"],
                     "timings": dataset_timings},
-        "diffusion_settings": trainer.settings.to_dict(),
+        "diffusion_settings": settings,
         "training": training,
         "reconstruction": reconstruction,
+        "time_budget_s": mode["time_budget_s"],
         "runtime_s": time.perf_counter() - started,
     }
     print()

@@ -66,6 +66,16 @@ def test_volumes_are_reconstructed_slice_by_slice(model):
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("levels,steps", [((250, 500, 750), 10), ((500,), 3), ((750,), 7)])
+def test_iterative_sampling_works_for_levels_off_the_scheduler_grid(model, sampler, levels, steps):
+    unet, settings = model
+    options = replace(settings.reconstruction, method="iterative", sampler=sampler, num_steps=steps,
+                      noise_levels=levels)
+    out = Reconstructor(unet, settings, options)(slices(n=2))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_iterative_sampling_takes_num_steps_passes_per_level(model, sampler):
     unet, settings = model
     options = replace(settings.reconstruction, method="iterative", sampler=sampler, num_steps=4,

@@ -92,7 +92,8 @@ class Reconstructor:
         total = self.settings.num_train_timesteps
         num_inference_steps = max(1, total // max(1, level // self.options.num_steps))
         stride = total // num_inference_steps
-        return (list(range(level, 0, -stride)) or [0]), num_inference_steps
+        start = (level // stride) * stride  # on the scheduler's grid (multiples of the stride), which DDPM requires
+        return (list(range(start, 0, -stride)) or [0]), num_inference_steps
 
     def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, level: int, mask: torch.Tensor | None,
                  generator: torch.Generator) -> torch.Tensor:
