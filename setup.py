@@ -65,6 +65,7 @@ setup(
         "sadm_nnunet.commands",
         "sadm_nnunet.nnunet_ext",
         "sadm_nnunet.datasets",
+        "sadm_nnunet.segmentation",
         "sadm_nnunet.plans",
     ],
     # The JSON templates live in the top-level plans/ folder and are installed as sadm_nnunet.plans.
@@ -93,6 +94,7 @@ setup(
         "console_scripts": [
             "sadm_nnunet_ext_path=sadm_nnunet.commands.ext_path:main",
             "sadm_nnunet_plan_diffusion=sadm_nnunet.commands.plan_diffusion:main",
+            "sadm_nnunet_plan=sadm_nnunet.commands.plan_sadm:main",
             "sadm_nnunet_reconstruct=sadm_nnunet.commands.reconstruct:main",
         ]
     },

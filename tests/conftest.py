@@ -74,11 +74,9 @@ def healthy_dataset(nnunet: NNUNet) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
-    """Trains TRAINER, kills it after the first checkpoint, resumes with --c; returns the logs of both runs."""
-    fold = nnunet.fold_folder(healthy_dataset, TRAINER)
-    cmd = ["nnUNetv2_train", str(HEALTHY_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"]
+def train_interrupted_then_resumed(nnunet: NNUNet, cmd: list[str], fold: Path) -> dict:
+    """Runs an nnU-Net training command, kills it right after its first checkpoint, then resumes it with --c.
+    Returns both logs and the epoch stored in the checkpoint the second run resumed from."""
     first = subprocess.Popen(cmd, env=nnunet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     deadline = time.time() + 1200
@@ -93,3 +91,11 @@ def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
     second = nnunet.run(*cmd, "--c")
     return {"fold": fold, "first_log": first_log, "second_log": second.stdout,
             "resumed_from_epoch": interrupted_epochs}
+
+
+@pytest.fixture(scope="session")
+def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
+    """Trains TRAINER, kills it after the first checkpoint, resumes with --c; returns the logs of both runs."""
+    fold = nnunet.fold_folder(healthy_dataset, TRAINER)
+    cmd = ["nnUNetv2_train", str(HEALTHY_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"]
+    return train_interrupted_then_resumed(nnunet, cmd, fold)

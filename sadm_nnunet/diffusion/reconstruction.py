@@ -40,28 +40,50 @@ class Reconstructor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The configured reconstruction (seeded: the same input always gives the same output)."""
+        return self._slice_wise(images, self._reconstruct)
+
+    @torch.no_grad()
+    def at_random_levels(self, images: torch.Tensor) -> torch.Tensor:
+        """One denoiser pass per slice from a noise level drawn uniformly from [0, T), with fresh noise: the
+        stage-II training augmentation (the reconstruction's quality varies from sample to sample)."""
+        return self._slice_wise(images, self._reconstruct_random_levels)
+
+    def _slice_wise(self, images: torch.Tensor, reconstruct) -> torch.Tensor:
         if images.ndim == 5:
             b, c, d, h, w = images.shape
             slices = images.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-            return self(slices).reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
+            return self._slice_wise(slices, reconstruct).reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
         if images.ndim != 4:
             raise ValueError(f"Reconstruction expects (N, C, H, W) slices or (B, C, D, H, W) volumes; "
                              f"found shape {tuple(images.shape)}")
         expected = self.unet.config.in_channels
         if images.shape[1] != expected:
-            raise ValueError(f"The diffusion model was trained on {expected} channel(s); the images have "
+            raise ValueError(f"The diffusion model was trained on {expected} image channel(s); the input has "
                              f"{images.shape[1]} (shape {tuple(images.shape)})")
         was_training = self.unet.training
         self.unet.eval()
         try:
-            return self._reconstruct(images)
+            return reconstruct(images)
         finally:
             self.unet.train(was_training)
 
+    def _padded_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        return F.pad(self.settings.to_model_space(images.float()), (0, (-w) % self.divisor, 0, (-h) % self.divisor))
+
+    def _reconstruct_random_levels(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        x0 = self._padded_model_space(images)
+        levels = torch.randint(0, self.settings.num_train_timesteps, (n,))
+        noise = sample_noise(tuple(x0.shape), self.settings.noise, None, x0.device)
+        noisy = self.scheduler.add_noise(x0, noise, levels)
+        out = self.unet(noisy, levels.to(x0.device)).sample
+        return self.settings.from_model_space(out[:, :, :h, :w].float()).to(images.dtype)
+
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
-        pad_h, pad_w = (-h) % self.divisor, (-w) % self.divisor
-        x0 = F.pad(self.settings.to_model_space(images.float()), (0, pad_w, 0, pad_h))
+        x0 = self._padded_model_space(images)
         generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
         total = torch.zeros_like(x0)
         for level in self.options.noise_levels:
@@ -99,7 +121,7 @@ class Reconstructor:
                  generator: torch.Generator) -> torch.Tensor:
         """Noises x0 to `level` (only inside `mask` when given) and predicts the clean image."""
         def noised(t: int) -> torch.Tensor:
-            xt = self.scheduler.add_noise(x0, noise, torch.full((x0.shape[0],), t, dtype=torch.long))
+            xt = noised_to(self.scheduler, x0, noise, t)
             return xt if mask is None else mask * xt + (1 - mask) * x0
 
         def predict(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -117,12 +139,12 @@ class Reconstructor:
             kwargs = {"generator": generator} if self.options.sampler == "ddpm" else {"eta": 0.0}
             x = sampler.step(x0_hat, t, x, **kwargs).prev_sample
             if mask is not None and t > 0:
-                x = mask * x + (1 - mask) * noised_prev(self.scheduler, x0, noise, t - stride)
+                x = mask * x + (1 - mask) * noised_to(self.scheduler, x0, noise, t - stride)
         return x
 
 
-def noised_prev(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
-    """x0 noised to timestep t (identity for t < 0): the known context outside a pDDPM tile while sampling."""
+def noised_to(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """x0 noised to timestep t (identity for t < 0, e.g. the known context outside a pDDPM tile at the end)."""
     if t < 0:
         return x0
     return scheduler.add_noise(x0, noise, torch.full((x0.shape[0],), t, dtype=torch.long))

@@ -20,9 +20,10 @@ RECONSTRUCTION_METHODS = ("single_step", "iterative")
 SAMPLERS = ("ddpm", "ddim")
 
 
-def load_template() -> dict:
-    """The paper-default settings from `plans/sadm_diffusion.json`, comment keys removed."""
-    text = resources.files("sadm_nnunet.plans").joinpath(TEMPLATE_NAME).read_text()
+def load_template(name: str = TEMPLATE_NAME) -> dict:
+    """The paper-default settings of a JSON template in `plans/` (default: sadm_diffusion.json), comment keys
+    removed."""
+    text = resources.files("sadm_nnunet.plans").joinpath(name).read_text()
     return _strip_comments(json.loads(text))
 
 
@@ -103,10 +104,10 @@ class DiffusionSettings:
             num_train_timesteps=int(full["num_train_timesteps"]),
             beta_schedule=str(full["beta_schedule"]),
             intensity_scale=float(full["intensity_scale"]),
-            noise=_build(NoiseSettings, full["noise"], f"{where}.noise"),
-            unet=_build(UNetSettings, full["unet"], f"{where}.unet"),
-            training=_build(TrainingSettings, full["training"], f"{where}.training"),
-            reconstruction=_build(ReconstructionSettings, full["reconstruction"], f"{where}.reconstruction"),
+            noise=build_dataclass(NoiseSettings, full["noise"], f"{where}.noise"),
+            unet=build_dataclass(UNetSettings, full["unet"], f"{where}.unet"),
+            training=build_dataclass(TrainingSettings, full["training"], f"{where}.training"),
+            reconstruction=build_dataclass(ReconstructionSettings, full["reconstruction"], f"{where}.reconstruction"),
         )
         s.validate(where)
         return s
@@ -163,7 +164,8 @@ class DiffusionSettings:
         return x * self.intensity_scale
 
 
-def _build(cls, d: dict, where: str):
+def build_dataclass(cls, d: dict, where: str):
+    """An instance of the (flat) settings dataclass `cls` from `d`, with strict type checks."""
     kwargs = {}
     for f in fields(cls):
         value = d[f.name]

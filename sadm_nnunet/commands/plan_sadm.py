@@ -1,0 +1,100 @@
+"""`sadm_nnunet_plan`: writes an SADM configuration into a target dataset's nnU-Net plans.
+
+    sadm_nnunet_plan TARGET --ddpm HEALTHY [-c 2d] [--fold all] [--name 2d_sadm] [-p nnUNetPlans]
+                     [--ddpm-trainer SADMDiffusionTrainer] [--set input_mode=image+reconstruction ...]
+
+The new configuration (default '2d_sadm') inherits from `-c` and reuses its preprocessed data; it records the
+stage-I model (HEALTHY's trained SADMDiffusionTrainer*, fold --fold), that model's settings and architecture, and
+the SADM settings (template plans/sadm.json). Then train with `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.
+The stage-I model must have been trained on data preprocessed like the target's (channels, normalisation, target
+spacing, slice orientation); otherwise the command refuses and prints how to transfer the plans. Re-running it is
+safe: earlier --set values are kept unless set again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from sadm_nnunet.commands.plan_diffusion import parse_override, plans_file
+from sadm_nnunet.diffusion.export import load_diffusion_model
+from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
+from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
+                                             stage1_plans_and_dataset_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="target dataset name or id (the one stage II trains on)")
+    parser.add_argument("--ddpm", required=True, help="healthy dataset name or id whose stage-I model to use")
+    parser.add_argument("-c", "--configuration", default="2d", help="target configuration to inherit from")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="target plans identifier")
+    parser.add_argument("--name", default=None, help="name of the new configuration (default: <configuration>_sadm)")
+    parser.add_argument("--fold", default="all", help="fold of the stage-I model (default: all)")
+    parser.add_argument("--ddpm-trainer", default=None,
+                        help="stage-I trainer (default: the only trained SADMDiffusionTrainer* of HEALTHY)")
+    parser.add_argument("--ddpm-plans", default="nnUNetPlans", help="plans identifier of the stage-I model")
+    parser.add_argument("--ddpm-configuration", default="2d", help="configuration of the stage-I model")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SADM settings to override")
+    args = parser.parse_args(argv)
+    name = args.name or f"{args.configuration}_sadm"
+
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    path = plans_file(args.target, args.plans)
+    plans = json.loads(path.read_text())
+    configurations = plans.get("configurations", {})
+    if args.configuration not in configurations:
+        raise SystemExit(f"{path} has no configuration '{args.configuration}'; available: {sorted(configurations)}")
+    if name == args.configuration:
+        raise SystemExit(f"--name must differ from the inherited configuration '{args.configuration}'")
+    patch = PlansManager(plans).get_configuration(args.configuration).patch_size
+    if len(patch) != 2:
+        raise SystemExit(
+            f"Configuration '{args.configuration}' of {path.parent.name} is 3D (patch {list(patch)}); SADM supports "
+            f"2D configurations only so far. Use -c 2d.")
+
+    healthy = maybe_convert_to_dataset_name(args.ddpm)
+    stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
+    stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
+    target_dataset_json = json.loads((path.parent / "dataset.json").read_text())
+    errors = compatibility_errors(stage1_plans, stage1_dataset_json, plans, target_dataset_json,
+                                  stage1.configuration, args.configuration)
+    if errors:
+        target = path.parent.name
+        raise SystemExit(
+            f"The stage-I model {stage1.trainer} of {healthy} does not fit {target} ({args.configuration}):\n  - "
+            + "\n  - ".join(errors) + "\nThe denoiser must see data preprocessed exactly like the target's. Give the "
+            f"target the healthy dataset's plans and preprocess it with them:\n"
+            f"  nnUNetv2_move_plans_between_datasets -s {healthy} -t {target} -sp {stage1.plans} -tp {healthy}Plans\n"
+            f"  nnUNetv2_preprocess -d {target} -plans_name {healthy}Plans -c {args.configuration}\n"
+            f"  sadm_nnunet_plan {target} --ddpm {healthy} -p {healthy}Plans")
+
+    unet, diffusion = load_diffusion_model(model_folder(stage1))
+    previous = configurations.get(name, {}).get(PLANS_KEY, {})
+    user = {k: v for k, v in previous.items() if k not in ("stage1", "diffusion", "denoiser")}
+    for override in args.set:
+        user = _deep_update(user, parse_override(override))  # checked against the template by sadm_block
+    try:
+        block = sadm_block(user, stage1, diffusion, denoiser_config(unet))
+        configurations[name] = {"inherits_from": args.configuration, PLANS_KEY: block}
+        settings = SADMSettings.from_configuration(configurations[name], name)  # validates before writing
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"sadm_nnunet_plan: {e.args[0] if e.args else e}; {path} was not changed") from e
+    write_json_atomic(plans, path)
+    print(f"Wrote configuration '{name}' (inherits '{args.configuration}') into {path}.")
+    print(f"Stage-I model: {model_folder(stage1)}")
+    r = settings.diffusion.reconstruction
+    print(f"Input: {settings.input_mode}; reconstruction {r.method} at noise levels {list(r.noise_levels)} "
+          f"({'random level per sample' if settings.training_noise_level == 'uniform' else 'same'} in training); "
+          f"synthetic anomalies p={settings.synthetic_anomalies.probability}.")
+    print(f"Train with: nnUNetv2_train {path.parent.name} {name} FOLD -tr SADMTrainer" +
+          ("" if args.plans == "nnUNetPlans" else f" -p {args.plans}"))
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,1 @@
+"""Stage II: nnU-Net segmentation on the image stacked with its pseudo-healthy reconstruction."""

@@ -1,0 +1,76 @@
+"""The SADM network: image -> frozen pseudo-healthy reconstruction -> stacked channels -> nnU-Net's segmentation
+network. It is what `SADMTrainer.build_network_architecture` returns, so training, nnU-Net's final validation and
+`nnUNetv2_predict` all run the same module, and its state dict (hence every checkpoint) carries the denoiser's
+weights: a trained model folder is self-contained.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from diffusers import UNet2DModel
+
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from sadm_nnunet.diffusion.reconstruction import Reconstructor
+from sadm_nnunet.segmentation.settings import SADMSettings
+
+
+class SADMNetwork(nn.Module):
+    """`segmentation(cat([image, second]))` with second = image - reconstruction ('image+residual') or the
+    reconstruction ('image+reconstruction').
+
+    The denoiser is frozen (no gradients, never in an optimizer) and stays in eval mode when nnU-Net calls
+    `train()`. In training mode with `training_noise_level == 'uniform'` each sample is reconstructed from a random
+    noise level (augmentation); in eval mode the reconstruction is the seeded, deterministic ensemble, so sliding-
+    window tiles and mirrored copies see consistent reconstructions.
+    """
+
+    def __init__(self, denoiser: UNet2DModel, settings: SADMSettings, segmentation: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser.requires_grad_(False).eval()
+        self.segmentation = segmentation
+        self.input_mode = settings.input_mode
+        self.training_noise_level = settings.training_noise_level
+        self.reconstructor = Reconstructor(self.denoiser, settings.diffusion)
+
+    def train(self, mode: bool = True) -> "SADMNetwork":
+        super().train(mode)
+        self.denoiser.eval()
+        return self
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training and self.training_noise_level == "uniform":
+            return self.reconstructor.at_random_levels(images)
+        return self.reconstructor(images)
+
+    def stack(self, images: torch.Tensor) -> torch.Tensor:
+        """The segmentation network's input: the image and its residual (or reconstruction), channels stacked."""
+        reconstruction = self.reconstruct(images).to(images.dtype)
+        second = images - reconstruction if self.input_mode == "image+residual" else reconstruction
+        return torch.cat([images, second], dim=1)
+
+    def forward(self, images: torch.Tensor):
+        return self.segmentation(self.stack(images))
+
+
+def build_sadm_network(settings: SADMSettings, configuration_manager, num_input_channels: int,
+                       num_output_channels: int, enable_deep_supervision: bool) -> SADMNetwork:
+    """The SADM network for an nnU-Net configuration: nnU-Net's architecture from the plans with twice the image
+    channels, and an (untrained) denoiser of the recorded architecture whose weights come from a checkpoint or
+    from `load_stage1_weights`."""
+    if num_input_channels != settings.num_image_channels:
+        raise ValueError(
+            f"The dataset has {num_input_channels} image channel(s), but the stage-I model "
+            f"{settings.stage1.dataset} ({settings.stage1.trainer}) was trained on {settings.num_image_channels}. "
+            f"Train stage I on the same channels, then run sadm_nnunet_plan again.")
+    segmentation = get_network_from_plans(
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        2 * num_input_channels,
+        num_output_channels,
+        allow_init=True,
+        deep_supervision=enable_deep_supervision,
+    )
+    return SADMNetwork(UNet2DModel(**settings.denoiser), settings, segmentation)

@@ -1,0 +1,121 @@
+"""Stage-II settings: what an SADM configuration in a dataset's nnU-Net plans holds and what each setting means.
+
+`sadm_nnunet_plan` writes the block `configurations/<name>/sadm` (template: plans/sadm.json). Besides the user's
+settings it records the stage-I model (`stage1`), that model's settings (`diffusion`) and its UNet2DModel
+architecture (`denoiser`), so that the static network builder nnU-Net calls at prediction time can rebuild the
+whole network from the plans alone; the weights come from the checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings)
+
+PLANS_KEY = "sadm"
+TEMPLATE_NAME = "sadm.json"
+INPUT_MODES = ("image+residual", "image+reconstruction")
+TRAINING_NOISE_LEVELS = ("uniform", "ensemble")
+
+
+@dataclass(frozen=True)
+class SyntheticAnomalySettings:
+    probability: float
+    label: int
+    blend_min: float
+    blend_max: float
+    max_scale_exponent: int
+
+
+@dataclass(frozen=True)
+class Stage1Model:
+    """Where the stage-I model came from (nnU-Net results folder coordinates)."""
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    fold: str
+
+
+@dataclass(frozen=True)
+class SADMSettings:
+    input_mode: str
+    training_noise_level: str
+    synthetic_anomalies: SyntheticAnomalySettings
+    stage1: Stage1Model
+    diffusion: DiffusionSettings  # the stage-I settings, with the stage-II reconstruction overrides applied
+    denoiser: dict  # UNet2DModel constructor arguments of the stage-I model
+
+    @classmethod
+    def from_configuration(cls, configuration: dict, name: str = "") -> "SADMSettings":
+        """The settings of an nnU-Net configuration dict; a clear error when it is not an SADM configuration."""
+        block = configuration.get(PLANS_KEY)
+        if block is None:
+            raise ValueError(
+                f"Configuration '{name}' has no '{PLANS_KEY}' block: it is not an SADM configuration. Create one with "
+                f"`sadm_nnunet_plan TARGET --ddpm HEALTHY` and train it as "
+                f"`nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.")
+        return cls.from_dict(block, f"configurations/{name}/{PLANS_KEY}")
+
+    @classmethod
+    def from_dict(cls, block: dict, where: str = PLANS_KEY) -> "SADMSettings":
+        missing = [k for k in ("stage1", "diffusion", "denoiser") if k not in block]
+        if missing:
+            raise KeyError(f"'{where}' lacks {missing}, which sadm_nnunet_plan writes; run it again.")
+        full = merged_user_settings(block, where)
+        diffusion = DiffusionSettings.from_dict(
+            merge_settings(block["diffusion"], {"reconstruction": full["reconstruction"]}, f"{where}.diffusion"),
+            f"{where}.diffusion")
+        s = cls(
+            input_mode=str(full["input_mode"]),
+            training_noise_level=str(full["training_noise_level"]),
+            synthetic_anomalies=build_dataclass(SyntheticAnomalySettings, full["synthetic_anomalies"],
+                                                f"{where}.synthetic_anomalies"),
+            stage1=build_dataclass(Stage1Model, block["stage1"], f"{where}.stage1"),
+            diffusion=diffusion,
+            denoiser=dict(block["denoiser"]),
+        )
+        s.validate(where)
+        return s
+
+    def validate(self, where: str = PLANS_KEY) -> None:
+        def check(ok: bool, key: str, found, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
+
+        check(self.input_mode in INPUT_MODES, "input_mode", self.input_mode, f"one of {INPUT_MODES}")
+        check(self.training_noise_level in TRAINING_NOISE_LEVELS, "training_noise_level",
+              self.training_noise_level, f"one of {TRAINING_NOISE_LEVELS}")
+        a = self.synthetic_anomalies
+        check(0.0 <= a.probability <= 1.0, "synthetic_anomalies.probability", a.probability, "a number in [0, 1]")
+        check(a.label >= 1, "synthetic_anomalies.label", a.label, "a foreground label (>= 1)")
+        check(0.0 < a.blend_min <= a.blend_max <= 1.0, "synthetic_anomalies.blend_min/blend_max",
+              (a.blend_min, a.blend_max), "0 < blend_min <= blend_max <= 1")
+        check(a.max_scale_exponent >= 0, "synthetic_anomalies.max_scale_exponent", a.max_scale_exponent,
+              "an integer >= 0")
+        for key in ("in_channels", "out_channels", "block_out_channels"):
+            check(key in self.denoiser, f"denoiser.{key}", None, "the stage-I UNet2DModel config")
+
+    @property
+    def num_image_channels(self) -> int:
+        return int(self.denoiser["in_channels"])
+
+
+def merged_user_settings(block: dict, where: str = PLANS_KEY) -> dict:
+    """The template merged with the user's settings of `block` (the stage-I record left out). The reconstruction
+    overrides are checked against the stage-I reconstruction settings' keys."""
+    user = {k: v for k, v in block.items() if k not in ("stage1", "diffusion", "denoiser", "reconstruction")}
+    full = merge_settings(load_template(TEMPLATE_NAME), user, where)
+    overrides = block.get("reconstruction", {})
+    full["reconstruction"] = merge_settings(load_template()["reconstruction"], overrides, f"{where}.reconstruction")
+    full["reconstruction"] = {k: v for k, v in full["reconstruction"].items() if k in overrides}
+    return full
+
+
+def sadm_block(user: dict, stage1: Stage1Model, diffusion: DiffusionSettings, denoiser: dict) -> dict:
+    """The complete plans block: the template merged with the user's settings, plus the stage-I record."""
+    block = merged_user_settings(user)
+    block["stage1"] = {k: getattr(stage1, k) for k in ("dataset", "trainer", "plans", "configuration", "fold")}
+    block["diffusion"] = diffusion.to_dict()
+    block["denoiser"] = {k: list(v) if isinstance(v, tuple) else v for k, v in denoiser.items()}
+    return block
+

@@ -1,0 +1,113 @@
+"""Finding, checking and loading the stage-I (diffusion) model that an SADM configuration uses."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
+from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model
+
+STAGE1_TRAINER_PREFIX = "SADMDiffusionTrainer"
+
+
+def results_root() -> Path:
+    from nnunetv2.paths import nnUNet_results
+
+    if nnUNet_results is None:
+        raise RuntimeError("nnUNet_results is not set; set the nnU-Net path variables first")
+    return Path(nnUNet_results)
+
+
+def training_folder(model: Stage1Model) -> Path:
+    return results_root() / model.dataset / f"{model.trainer}__{model.plans}__{model.configuration}"
+
+
+def model_folder(model: Stage1Model) -> Path:
+    """The exported diffusers folder of a stage-I model (written at the end of its training)."""
+    return training_folder(model) / f"fold_{model.fold}" / EXPORT_FOLDER_NAME
+
+
+def find_stage1_model(dataset: str, trainer: str | None, plans: str, configuration: str, fold: str) -> Stage1Model:
+    """The stage-I model of `dataset`; with `trainer=None` the only trained SADMDiffusionTrainer* there."""
+    if trainer is not None:
+        model = Stage1Model(dataset, trainer, plans, configuration, str(fold))
+        if not model_folder(model).is_dir():
+            raise FileNotFoundError(
+                f"No trained stage-I model at {model_folder(model)}. Train it with `nnUNetv2_train {dataset} "
+                f"{configuration} {fold} -tr {trainer} -p {plans}` (the folder is written when training ends).")
+        return model
+    root = results_root() / dataset
+    suffix = f"__{plans}__{configuration}"
+    candidates = sorted(p.name[: -len(suffix)] for p in root.glob(f"{STAGE1_TRAINER_PREFIX}*{suffix}")
+                        if (p / f"fold_{fold}" / EXPORT_FOLDER_NAME).is_dir()) if root.is_dir() else []
+    if len(candidates) != 1:
+        found = f"found {candidates}" if candidates else "found none"
+        raise FileNotFoundError(
+            f"Expected one trained stage-I model ({STAGE1_TRAINER_PREFIX}*{suffix}/fold_{fold}/{EXPORT_FOLDER_NAME}) "
+            f"in {root}; {found}. Train one with `nnUNetv2_train {dataset} {configuration} {fold} -tr "
+            f"SADMDiffusionTrainer`, or name it with --ddpm-trainer.")
+    return Stage1Model(dataset, candidates[0], plans, configuration, str(fold))
+
+
+def load_stage1_denoiser(settings: SADMSettings, device: torch.device | str = "cpu") -> UNet2DModel:
+    """The stage-I denoiser (EMA weights) that `settings` records, checked against the recorded architecture."""
+    folder = model_folder(settings.stage1)
+    unet, _ = load_diffusion_model(folder, device)
+    found = denoiser_config(unet)
+    if found != normalised(settings.denoiser):
+        raise ValueError(
+            f"The stage-I model at {folder} no longer matches the one recorded in the plans (architecture "
+            f"{found} vs {normalised(settings.denoiser)}); it was retrained with other settings. Run "
+            f"sadm_nnunet_plan again and retrain stage II.")
+    return unet
+
+
+def denoiser_config(unet: UNet2DModel) -> dict:
+    """The UNet2DModel constructor arguments of a model (diffusers' private config keys left out)."""
+    return normalised({k: v for k, v in unet.config.items() if not k.startswith("_")})
+
+
+def normalised(config: dict) -> dict:
+    return json.loads(json.dumps(dict(config)))
+
+
+# ---- compatibility of the stage-I model with the target configuration ----
+def compatibility_errors(stage1_plans: dict, stage1_dataset_json: dict, target_plans: dict,
+                         target_dataset_json: dict, stage1_configuration: str, target_configuration: str) -> list[str]:
+    """What differs between the data the denoiser was trained on and the target configuration's data."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    src = PlansManager(stage1_plans).get_configuration(stage1_configuration)
+    dst = PlansManager(target_plans).get_configuration(target_configuration)
+    errors = []
+    n_src, n_dst = len(stage1_dataset_json["channel_names"]), len(target_dataset_json["channel_names"])
+    if n_src != n_dst:
+        errors.append(f"channels: stage I has {n_src} {dict(stage1_dataset_json['channel_names'])}, the target "
+                      f"has {n_dst} {dict(target_dataset_json['channel_names'])}")
+    if list(src.normalization_schemes) != list(dst.normalization_schemes) or \
+            list(src.use_mask_for_norm) != list(dst.use_mask_for_norm):
+        errors.append(f"normalisation: stage I uses {list(src.normalization_schemes)} (mask {list(src.use_mask_for_norm)})"
+                      f", the target {list(dst.normalization_schemes)} (mask {list(dst.use_mask_for_norm)})")
+    if not np.allclose(src.spacing[-2:], dst.spacing[-2:], rtol=1e-3):
+        errors.append(f"in-plane target spacing: stage I {list(src.spacing)}, the target {list(dst.spacing)}")
+    if list(stage1_plans["transpose_forward"]) != list(target_plans["transpose_forward"]):
+        errors.append(f"slice orientation (transpose_forward): stage I {stage1_plans['transpose_forward']}, the "
+                      f"target {target_plans['transpose_forward']}")
+    return errors
+
+
+def stage1_plans_and_dataset_json(model: Stage1Model) -> tuple[dict, dict]:
+    """The plans and dataset.json nnU-Net copied into the stage-I training folder."""
+    folder = training_folder(model)
+    out = []
+    for name in ("plans.json", "dataset.json"):
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; it is written when nnUNetv2_train starts")
+        out.append(json.loads(path.read_text()))
+    return out[0], out[1]
+

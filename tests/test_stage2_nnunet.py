@@ -1,0 +1,170 @@
+"""Stage II end to end through the unchanged nnU-Net commands, with only the nnU-Net path variables set:
+plan_and_preprocess -> stage I (fixture) -> sadm_nnunet_plan -> nnUNetv2_train -tr SADMTrainer_* (interrupted,
+--c) -> nnUNetv2_predict --save_probabilities -> nnUNetv2_evaluate_folder -> nnUNetv2_find_best_configuration
+(SADM vs plain nnU-Net) -> export to zip -> install into empty folders -> predict with stage I deleted."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import HEALTHY_ID, HEALTHY_T1, TRAINER as STAGE1_TRAINER, NNUNet, train_interrupted_then_resumed
+
+LESION_ID = 503
+SADM_TRAINER = "SADMTrainer_2epochs_100its"
+PLAIN_TRAINER = "nnUNetTrainer_1epoch"
+MIN_TEST_DICE = 0.5  # tumour lesions cover a few % of the brain: an empty or all-brain prediction scores < 0.15
+
+
+@pytest.fixture(scope="module")
+def lesion_dataset(nnunet: NNUNet) -> str:
+    """Dataset503_Tumours: 10 training subjects with a tumour-like lesion, 3 held-out test subjects (imagesTs)."""
+    from sadm_nnunet.datasets.lesions import build_lesion_dataset
+
+    name = f"Dataset{LESION_ID}_Tumours"
+    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=10, seed=3, kind="tumour", zoom=1 / 3,
+                         spacing=6.0)
+    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=3, seed=3, kind="tumour", zoom=1 / 3,
+                         spacing=6.0, first_index=10, split="test")
+    nnunet.plan(LESION_ID)
+    return name
+
+
+@pytest.fixture(scope="module")
+def sadm_planned(nnunet: NNUNet, trained_stage1: dict, lesion_dataset: str):
+    return nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID)
+
+
+@pytest.fixture(scope="module")
+def trained_sadm(nnunet: NNUNet, sadm_planned, lesion_dataset: str) -> dict:
+    fold = nnunet.fold_folder(lesion_dataset, SADM_TRAINER, "2d_sadm", "0")
+    cmd = ["nnUNetv2_train", str(LESION_ID), "2d_sadm", "0", "-tr", SADM_TRAINER, "-device", "cpu"]
+    return train_interrupted_then_resumed(nnunet, cmd, fold)
+
+
+@pytest.fixture(scope="module")
+def predictions(nnunet: NNUNet, trained_sadm: dict, lesion_dataset: str, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sadm_predictions")
+    nnunet.run("nnUNetv2_predict", "-i", nnunet.raw / lesion_dataset / "imagesTs", "-o", out, "-d", LESION_ID,
+               "-c", "2d_sadm", "-tr", SADM_TRAINER, "-f", "0", "--save_probabilities", "-device", "cpu",
+               "-npp", "1", "-nps", "1")
+    return out
+
+
+def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sadm_planned, lesion_dataset):
+    plans_path = nnunet.preprocessed / lesion_dataset / "nnUNetPlans.json"
+    config = json.loads(plans_path.read_text())["configurations"]["2d_sadm"]
+    assert config["inherits_from"] == "2d"
+    block = config["sadm"]
+    assert block["input_mode"] == "image+residual"
+    assert block["stage1"] == {"dataset": f"Dataset{HEALTHY_ID}_Healthy", "trainer": STAGE1_TRAINER,
+                               "plans": "nnUNetPlans", "configuration": "2d", "fold": "all"}
+    assert block["denoiser"]["in_channels"] == 1 and block["diffusion"]["unet"]["base_channels"] == 8
+    assert "nnUNetv2_train" in sadm_planned.stdout and "2d_sadm" in sadm_planned.stdout
+    # re-running with a setting keeps everything else and validates the value
+    nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--set", "synthetic_anomalies.probability=0.5")
+    again = json.loads(plans_path.read_text())["configurations"]["2d_sadm"]["sadm"]
+    assert again == block
+    bad = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--set", "input_mode=image",
+                     check=False)
+    assert bad.returncode != 0 and "'sadm.input_mode' is 'image'" in bad.stderr
+    assert json.loads(plans_path.read_text())["configurations"]["2d_sadm"]["sadm"] == block  # untouched
+
+
+def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, lesion_dataset):
+    missing = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--ddpm-trainer",
+                         "SADMDiffusionTrainer_5epochs", check=False)
+    assert missing.returncode != 0 and "No trained stage-I model" in missing.stderr
+    # a target preprocessed at another spacing does not fit the denoiser
+    plans_path = nnunet.preprocessed / lesion_dataset / "nnUNetPlans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["plans_name"] = "CoarsePlans"
+    plans["configurations"]["2d"]["spacing"] = [12.0, 12.0, 12.0]
+    (plans_path.parent / "CoarsePlans.json").write_text(json.dumps(plans))
+    proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-p", "CoarsePlans", check=False)
+    assert proc.returncode != 0
+    assert "in-plane target spacing" in proc.stderr and "[6.0, 6.0, 6.0]" in proc.stderr
+    assert "[12.0, 12.0, 12.0]" in proc.stderr and "nnUNetv2_move_plans_between_datasets" in proc.stderr
+
+
+def test_training_resumes_and_keeps_the_stage1_denoiser_frozen(nnunet, trained_sadm, lesion_dataset):
+    assert "Stage-I denoiser loaded from" in trained_sadm["first_log"]
+    assert "Stage-I denoiser loaded from" not in trained_sadm["second_log"]  # it came from the checkpoint
+    assert trained_sadm["resumed_from_epoch"] == 1
+    assert "Epoch 1" in trained_sadm["second_log"] and "Epoch 0\n" not in trained_sadm["second_log"]
+    checkpoint = torch.load(trained_sadm["fold"] / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+    weights = checkpoint["network_weights"]
+    stage1 = load_file(nnunet.fold_folder(f"Dataset{HEALTHY_ID}_Healthy", STAGE1_TRAINER) /
+                       "diffusion_model" / "unet" / "diffusion_pytorch_model.safetensors")
+    for key, value in stage1.items():
+        torch.testing.assert_close(weights[f"denoiser.{key}"], value, rtol=0, atol=0)
+    n_segmentation = sum(1 for k in weights if k.startswith("segmentation.") and "running" not in k
+                         and "num_batches" not in k)
+    params = checkpoint["optimizer_state"]["param_groups"][0]["params"]
+    assert len(params) == n_segmentation  # the denoiser's parameters are not in the optimizer
+    assert (trained_sadm["fold"] / "validation" / "summary.json").is_file()
+
+
+def test_prediction_finds_the_tumours(nnunet, predictions, lesion_dataset):
+    files = sorted(p.name for p in predictions.glob("*.nii.gz"))
+    assert len(files) == 3 and len(list(predictions.glob("*.npz"))) == 3
+    proc = nnunet.run("nnUNetv2_evaluate_folder", nnunet.raw / lesion_dataset / "labelsTs", predictions,
+                      "-djfile", predictions / "dataset.json", "-pfile", predictions / "plans.json", "-np", "1")
+    summary = json.loads((predictions / "summary.json").read_text())
+    dice = summary["foreground_mean"]["Dice"]
+    print(f"SADM test Dice: {dice:.3f}")
+    assert dice > MIN_TEST_DICE, proc.stdout
+
+
+def test_find_best_configuration_compares_sadm_with_plain_nnunet(nnunet, trained_sadm, lesion_dataset):
+    # the plain baseline trains on the same configuration (it ignores the 'sadm' block: same data, patch, batch)
+    nnunet.run("nnUNetv2_train", LESION_ID, "2d_sadm", "0", "-tr", PLAIN_TRAINER, "-device", "cpu")
+    proc = nnunet.run("nnUNetv2_find_best_configuration", LESION_ID, "-c", "2d_sadm", "-tr", SADM_TRAINER,
+                      PLAIN_TRAINER, "-f", "0", "--disable_ensembling", "-np", "1")
+    info = json.loads((nnunet.results / lesion_dataset / "inference_information.json").read_text())
+    assert {m for m in info["all_results"]} == {f"{SADM_TRAINER}__nnUNetPlans__2d_sadm",
+                                                f"{PLAIN_TRAINER}__nnUNetPlans__2d_sadm"}, proc.stdout
+
+
+def test_exported_model_predicts_without_the_stage1_results(nnunet, predictions, lesion_dataset, tmp_path):
+    archive = tmp_path / "sadm_model.zip"
+    nnunet.run("nnUNetv2_export_model_to_zip", "-d", LESION_ID, "-o", archive, "-c", "2d_sadm", "-tr",
+               SADM_TRAINER, "-f", "0")
+    fresh = NNUNet(tmp_path / "fresh")
+    fresh.run("nnUNetv2_install_pretrained_model_from_zip", archive)
+    stage1_results = nnunet.results / f"Dataset{HEALTHY_ID}_Healthy"
+    hidden = nnunet.results.parent / "hidden_stage1"
+    stage1_results.rename(hidden)
+    try:
+        out = tmp_path / "from_zip"
+        fresh.run("nnUNetv2_predict", "-i", nnunet.raw / lesion_dataset / "imagesTs", "-o", out, "-d", LESION_ID,
+                  "-c", "2d_sadm", "-tr", SADM_TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1")
+    finally:
+        hidden.rename(stage1_results)
+    for case in sorted(predictions.glob("*.nii.gz")):
+        a = np.asarray(nib.load(case).dataobj)
+        b = np.asarray(nib.load(out / case.name).dataobj)
+        assert np.array_equal(a, b), case.name
+
+
+def test_prediction_with_the_wrong_channel_count_fails_clearly(nnunet, trained_sadm, lesion_dataset, tmp_path):
+    source = sorted((nnunet.raw / lesion_dataset / "imagesTs").glob("*_0000.nii.gz"))[0]
+    folder = tmp_path / "two_channels"
+    folder.mkdir()
+    shutil.copy(source, folder / "case_0000.nii.gz")
+    shutil.copy(source, folder / "case_0001.nii.gz")
+    proc = nnunet.run("nnUNetv2_predict", "-i", folder, "-o", tmp_path / "out", "-d", LESION_ID, "-c", "2d_sadm",
+                      "-tr", SADM_TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", check=False)
+    assert proc.returncode != 0
+    assert "trained on 1 image channel(s); the input has 2" in proc.stdout + proc.stderr
+
+
+def test_training_without_sadm_configuration_fails_clearly(nnunet, lesion_dataset, sadm_planned):
+    proc = nnunet.run("nnUNetv2_train", LESION_ID, "2d", "0", "-tr", SADM_TRAINER, "-device", "cpu", check=False)
+    assert proc.returncode != 0
+    assert "not an SADM configuration" in proc.stderr and "sadm_nnunet_plan" in proc.stderr
