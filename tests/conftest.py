@@ -77,7 +77,7 @@ def healthy_dataset(nnunet: NNUNet) -> str:
 def train_interrupted_then_resumed(nnunet: NNUNet, cmd: list[str], fold: Path) -> dict:
     """Runs an nnU-Net training command, kills it right after its first checkpoint, then resumes it with --c.
     Returns both logs and the epoch stored in the checkpoint the second run resumed from."""
-    first = subprocess.Popen(cmd, env=nnunet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    first = subprocess.Popen(cmd, env=nnunet.env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     deadline = time.time() + 1200
     while not (fold / "checkpoint_latest.pth").is_file():

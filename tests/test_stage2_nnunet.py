@@ -5,7 +5,6 @@ plan_and_preprocess -> stage I (fixture) -> sadm_nnunet_plan -> nnUNetv2_train -
 from __future__ import annotations
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -72,7 +71,7 @@ def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sa
     assert again == block
     bad = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--set", "input_mode=image",
                      check=False)
-    assert bad.returncode != 0 and "'sadm.input_mode' is 'image'" in bad.stderr
+    assert bad.returncode != 0 and "sadm.input_mode' is 'image'" in bad.stderr
     assert json.loads(plans_path.read_text())["configurations"]["2d_sadm"]["sadm"] == block  # untouched
 
 
@@ -84,12 +83,12 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     plans_path = nnunet.preprocessed / lesion_dataset / "nnUNetPlans.json"
     plans = json.loads(plans_path.read_text())
     plans["plans_name"] = "CoarsePlans"
-    plans["configurations"]["2d"]["spacing"] = [12.0, 12.0, 12.0]
+    plans["configurations"]["2d"]["spacing"] = [12.0, 12.0]
     (plans_path.parent / "CoarsePlans.json").write_text(json.dumps(plans))
     proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-p", "CoarsePlans", check=False)
     assert proc.returncode != 0
-    assert "in-plane target spacing" in proc.stderr and "[6.0, 6.0, 6.0]" in proc.stderr
-    assert "[12.0, 12.0, 12.0]" in proc.stderr and "nnUNetv2_move_plans_between_datasets" in proc.stderr
+    assert "in-plane target spacing" in proc.stderr and "stage I [6.0, 6.0]" in proc.stderr
+    assert "the target [12.0, 12.0]" in proc.stderr and "nnUNetv2_move_plans_between_datasets" in proc.stderr
 
 
 def test_training_resumes_and_keeps_the_stage1_denoiser_frozen(nnunet, trained_sadm, lesion_dataset):
@@ -103,8 +102,8 @@ def test_training_resumes_and_keeps_the_stage1_denoiser_frozen(nnunet, trained_s
                        "diffusion_model" / "unet" / "diffusion_pytorch_model.safetensors")
     for key, value in stage1.items():
         torch.testing.assert_close(weights[f"denoiser.{key}"], value, rtol=0, atol=0)
-    n_segmentation = sum(1 for k in weights if k.startswith("segmentation.") and "running" not in k
-                         and "num_batches" not in k)
+    # (the decoder holds a reference to the encoder, so the state dict lists shared tensors twice)
+    n_segmentation = len({v.data_ptr() for k, v in weights.items() if k.startswith("segmentation.")})
     params = checkpoint["optimizer_state"]["param_groups"][0]["params"]
     assert len(params) == n_segmentation  # the denoiser's parameters are not in the optimizer
     assert (trained_sadm["fold"] / "validation" / "summary.json").is_file()
@@ -150,18 +149,6 @@ def test_exported_model_predicts_without_the_stage1_results(nnunet, predictions,
         a = np.asarray(nib.load(case).dataobj)
         b = np.asarray(nib.load(out / case.name).dataobj)
         assert np.array_equal(a, b), case.name
-
-
-def test_prediction_with_the_wrong_channel_count_fails_clearly(nnunet, trained_sadm, lesion_dataset, tmp_path):
-    source = sorted((nnunet.raw / lesion_dataset / "imagesTs").glob("*_0000.nii.gz"))[0]
-    folder = tmp_path / "two_channels"
-    folder.mkdir()
-    shutil.copy(source, folder / "case_0000.nii.gz")
-    shutil.copy(source, folder / "case_0001.nii.gz")
-    proc = nnunet.run("nnUNetv2_predict", "-i", folder, "-o", tmp_path / "out", "-d", LESION_ID, "-c", "2d_sadm",
-                      "-tr", SADM_TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", check=False)
-    assert proc.returncode != 0
-    assert "trained on 1 image channel(s); the input has 2" in proc.stdout + proc.stderr
 
 
 def test_training_without_sadm_configuration_fails_clearly(nnunet, lesion_dataset, sadm_planned):

@@ -44,7 +44,7 @@ def load_diffusion_model(folder: str | Path, device: torch.device | str = "cpu"
     except json.JSONDecodeError as e:
         raise ValueError(f"{settings_file} is not valid JSON: {e}") from e
     try:
-        unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
+        unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as e:  # diffusers/safetensors raise several types for truncated or foreign files
         raise RuntimeError(f"Could not load the diffusion model weights {weights}: {e}. The file is truncated or "
                            f"not a diffusers UNet2DModel; export it again from the training's checkpoint.") from e
