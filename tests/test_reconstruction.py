@@ -105,7 +105,7 @@ def test_patchwise_reconstruction_keeps_each_tile_prediction(model):
 def test_channel_mismatch_and_bad_shapes_are_clear_errors(model):
     unet, settings = model
     rec = Reconstructor(unet, settings)
-    with pytest.raises(ValueError, match="trained on 2 channel.*have 1"):
+    with pytest.raises(ValueError, match=r"trained on 2 image channel\(s\); the input has 1"):
         rec(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="expects"):
         rec(torch.zeros(32, 32))

@@ -123,3 +123,23 @@ def test_settings_reject_unknown_keys_and_bad_values(sadm_plans):
         SADMSettings.from_dict({**block, "reconstruction": {"levels": [1]}})
     s = SADMSettings.from_dict({**block, "reconstruction": {"noise_levels": [100, 200]}})
     assert s.diffusion.reconstruction.noise_levels == (100, 200)
+
+
+def test_mirrored_copies_reuse_the_reconstruction_without_running_the_denoiser(sadm_plans):
+    torch.manual_seed(0)
+    net = build(sadm_plans).eval()
+    calls = []
+    net.denoiser.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(1, 1, *sadm_plans["configurations"]["2d"]["patch_size"])
+    reconstruction = net.reconstruct(x)
+    first = len(calls)
+    assert first == len(net.reconstructor.options.noise_levels)
+    for axes in ((2,), (3,), (2, 3)):
+        torch.testing.assert_close(net.reconstruct(torch.flip(x, axes)), torch.flip(reconstruction, axes))
+    assert len(calls) == first  # no further denoiser passes
+    other = torch.randn_like(x)
+    fresh = net.reconstruct(other)
+    assert len(calls) == 2 * first
+    net.train().eval()  # switching modes forgets the cache
+    torch.testing.assert_close(net.reconstruct(other), fresh)
+    assert len(calls) == 3 * first

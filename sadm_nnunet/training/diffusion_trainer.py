@@ -250,5 +250,5 @@ class SADMDiffusionTrainer_3epochs_100its(SADMDiffusionTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 3
         self.num_iterations_per_epoch = 100
-        self.num_val_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 10  # averages out the random validation patches
         self.save_every = 1
