@@ -87,8 +87,11 @@ setup(
         "scipy>=1.10",
         "scikit-image>=0.21",
         "tqdm>=4.60",
+        # sadm_nnunet_evaluate --figures: per-case PNGs and the contact sheet (Agg backend, no display needed).
+        "matplotlib>=3.5",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # scikit-learn: independent reference implementation of AUPRC/AUROC that the evaluation tests compare against.
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2"]},
     cmdclass={"build_py": BuildPyWithStartupHook, "editable_wheel": EditableWheelWithStartupHook},
     entry_points={
         "console_scripts": [
@@ -96,6 +99,7 @@ setup(
             "sadm_nnunet_plan_diffusion=sadm_nnunet.commands.plan_diffusion:main",
             "sadm_nnunet_plan=sadm_nnunet.commands.plan_sadm:main",
             "sadm_nnunet_reconstruct=sadm_nnunet.commands.reconstruct:main",
+            "sadm_nnunet_evaluate=sadm_nnunet.commands.evaluate:main",
         ]
     },
 )

@@ -1,8 +1,16 @@
-"""Unsupervised anomaly maps from an image and its pseudo-healthy reconstruction (vectorised, torch)."""
+"""Anomaly maps from an image, its pseudo-healthy reconstruction and the segmentation probability (vectorised:
+torch for SSIM, numpy/scipy for the rest): residual, 1 - SSIM, 3D median filter, brain mask, removal of small
+connected components and the fused score AS = beta * (1 - SSIM) + (1 - beta) * p_seg (DESIGN.md §1.3).
+
+`anomaly_maps` is the one entry point for a volume; the functions it calls are public for other uses."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 SSIM_SIGMA = 1.0  # paper: Gaussian window, sigma 1, kernel size 9
 SSIM_KERNEL = 9
@@ -42,3 +50,184 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.expand_as(values).float()
     dims = tuple(range(1, values.ndim))
     return (values * mask).sum(dims) / mask.sum(dims)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Volumes: residual, 1 - SSIM, median filter, brain mask, small components and the fused score (DESIGN.md §1.3)
+# ---------------------------------------------------------------------------------------------------------------
+
+MEDIAN_SIZE = 5  # paper: 3D median filter of the 1 - SSIM map, size 5
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How the anomaly maps of a volume are post-processed (paper defaults).
+
+    beta: weight of the unsupervised map in AS = beta * (1 - SSIM) + (1 - beta) * p_seg (paper: 0.5, "SADM").
+    median_size: edge length of the 3D median filter applied to the 1 - SSIM map (0 or 1: no filter).
+    mask_erosion: the brain mask is eroded by this many voxels (6-connected, iterated) before it is applied.
+    min_component_size: connected components (26-connected) of {score >= component_threshold} with fewer voxels
+        than this are set to 0 in the fused score (0: keep everything).
+    component_threshold: the level that defines those components; required when min_component_size > 0.
+    slice_axis: the spatial axis along which the 2D SSIM is taken slice by slice (0 for arrays in SimpleITK /
+        nnU-Net order (z, y, x) of axially acquired images).
+    """
+
+    beta: float = 0.5
+    median_size: int = MEDIAN_SIZE
+    mask_erosion: int = 0
+    min_component_size: int = 0
+    component_threshold: float | None = None
+    slice_axis: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1]; found {self.beta}")
+        for name in ("median_size", "mask_erosion", "min_component_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; found {getattr(self, name)}")
+        if self.min_component_size > 0 and self.component_threshold is None:
+            raise ValueError(f"min_component_size={self.min_component_size} needs component_threshold (the score "
+                             f"level whose connected components are counted); found None")
+        if self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2 (a spatial axis of a 3D volume); found {self.slice_axis}")
+
+
+def _channels_first(volume: np.ndarray, name: str) -> np.ndarray:
+    """(Z, Y, X) or (C, Z, Y, X) -> float32 (C, Z, Y, X)."""
+    volume = np.asarray(volume)
+    if volume.ndim == 3:
+        volume = volume[None]
+    if volume.ndim != 4:
+        raise ValueError(f"{name} must be a 3D volume or a (C, Z, Y, X) stack of them; found shape {volume.shape}")
+    return volume.astype(np.float32, copy=False)
+
+
+def brain_mask(image: np.ndarray, erosion: int = 0) -> np.ndarray:
+    """The brain as nnU-Net defines it for skull-stripped images: nonzero in any channel, holes filled; then
+    eroded by `erosion` voxels (`erode_mask`). Boolean, spatial shape."""
+    image = _channels_first(image, "image")
+    return erode_mask(ndimage.binary_fill_holes(np.any(image != 0, axis=0)), erosion)
+
+
+def erode_mask(mask: np.ndarray, erosion: int) -> np.ndarray:
+    """Binary erosion by `erosion` voxels (6-connected structuring element, iterated; outside the array counts
+    as background). 0: the mask unchanged."""
+    mask = np.asarray(mask, dtype=bool)
+    return ndimage.binary_erosion(mask, iterations=erosion) if erosion > 0 else mask
+
+
+def residual_map(image: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+    """|image - reconstruction|, averaged over channels: a (Z, Y, X) float32 volume."""
+    image, reconstruction = _channels_first(image, "image"), _channels_first(reconstruction, "reconstruction")
+    if image.shape != reconstruction.shape:
+        raise ValueError(f"image and reconstruction differ in shape: {image.shape} vs {reconstruction.shape}")
+    return np.abs(image - reconstruction).mean(axis=0)
+
+
+def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range: float, slice_axis: int = 0
+                      ) -> np.ndarray:
+    """1 - SSIM(image, reconstruction) per voxel, 2D slice by slice along `slice_axis` (Gaussian window sigma 1,
+    size 9, `ssim_map`), averaged over channels: a (Z, Y, X) float32 volume. `data_range` is the intensity range
+    of the inputs (it sets SSIM's stabilising constants), e.g. 2.0 for the denoiser's [-1, 1] space."""
+    image, reconstruction = _channels_first(image, "image"), _channels_first(reconstruction, "reconstruction")
+    if image.shape != reconstruction.shape:
+        raise ValueError(f"image and reconstruction differ in shape: {image.shape} vs {reconstruction.shape}")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0; found {data_range}")
+    # (C, Z, Y, X) -> slices first: (S, C, H, W)
+    order = (slice_axis + 1, 0, *[a + 1 for a in range(3) if a != slice_axis])
+    a = torch.from_numpy(np.ascontiguousarray(image.transpose(order)))
+    b = torch.from_numpy(np.ascontiguousarray(reconstruction.transpose(order)))
+    with torch.no_grad():
+        d = (1 - ssim_map(a, b, data_range=data_range)).mean(1).numpy()  # (S, H, W)
+    return np.moveaxis(d, 0, slice_axis).astype(np.float32, copy=False)
+
+
+def median_filter_3d(volume: np.ndarray, size: int = MEDIAN_SIZE) -> np.ndarray:
+    """3D median filter (cubic window of edge `size`, borders mirrored: scipy's 'reflect'); size 0 or 1: a copy."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"median_filter_3d expects a 3D volume; found shape {volume.shape}")
+    if size <= 1:
+        return volume.copy()
+    return ndimage.median_filter(volume, size=size, mode="reflect")
+
+
+def remove_small_components(score: np.ndarray, min_size: int, threshold: float) -> np.ndarray:
+    """Sets to 0 the voxels of every 26-connected component of {score >= threshold} with fewer than `min_size`
+    voxels; all other voxels keep their value."""
+    score = np.asarray(score)
+    if min_size <= 0:
+        return score.copy()
+    labels, n = ndimage.label(score >= threshold, structure=np.ones((3,) * score.ndim, dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    small = sizes < min_size
+    small[0] = False  # background of the binarised map
+    return np.where(small[labels], 0, score).astype(score.dtype, copy=False)
+
+
+def foreground_probability(class_probabilities: np.ndarray) -> np.ndarray:
+    """p_seg: the probability that a voxel belongs to any foreground class, 1 - p(background), from nnU-Net's
+    (K, Z, Y, X) softmax output (class 0 = background)."""
+    class_probabilities = np.asarray(class_probabilities, dtype=np.float32)
+    if class_probabilities.ndim != 4 or class_probabilities.shape[0] < 2:
+        raise ValueError(f"expected (K >= 2, Z, Y, X) class probabilities; found shape {class_probabilities.shape}")
+    return 1.0 - class_probabilities[0]
+
+
+def fused_score(unsupervised: np.ndarray, p_seg: np.ndarray | None, beta: float) -> np.ndarray:
+    """AS = beta * unsupervised + (1 - beta) * p_seg; p_seg may be None only for beta = 1 (unsupervised only)."""
+    if p_seg is None:
+        if beta != 1.0:
+            raise ValueError(f"beta={beta} weights the segmentation probability, but none was given")
+        return np.asarray(unsupervised, dtype=np.float32).copy()
+    if np.shape(unsupervised) != np.shape(p_seg):
+        raise ValueError(f"unsupervised map and p_seg differ in shape: {np.shape(unsupervised)} vs "
+                         f"{np.shape(p_seg)}")
+    return (beta * np.asarray(unsupervised, dtype=np.float32)
+            + (1.0 - beta) * np.asarray(p_seg, dtype=np.float32)).astype(np.float32, copy=False)
+
+
+def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarray | None, data_range: float,
+                 options: ScoreOptions = ScoreOptions(), brain: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All anomaly maps of one volume, as the paper scores it.
+
+    image, reconstruction: (Z, Y, X) or (C, Z, Y, X), same units; p_seg: (Z, Y, X) foreground probability in
+    [0, 1] (see `foreground_probability`), or None with options.beta = 1; data_range: see `dissimilarity_map`;
+    brain: the brain mask (default: `brain_mask(image)`, the image's nonzero region).
+    Order, as in the authors' code: 1 - SSIM is set to 0 outside the brain, median-filtered, then restricted to
+    the brain eroded by options.mask_erosion ("the mask" below); p_seg is restricted to the mask as well.
+    Returns float32 (Z, Y, X) maps, 0 outside the mask, and the mask:
+      "residual"      |image - reconstruction| (channel mean)
+      "dissimilarity" 1 - SSIM, not filtered
+      "unsupervised"  1 - SSIM after the 3D median filter: the unsupervised (reconstruction-only) anomaly map
+      "score"         AS = beta * unsupervised + (1 - beta) * p_seg, then small components removed if asked
+      "brain_mask"    bool, the mask
+    """
+    residual = residual_map(image, reconstruction)
+    spatial = residual.shape
+    if p_seg is not None:
+        p = np.asarray(p_seg, dtype=np.float32)
+        if p.shape != spatial:
+            raise ValueError(f"p_seg has shape {p.shape}; the image's spatial shape is {spatial}")
+        lo, hi = (float(p.min()), float(p.max())) if p.size else (0.0, 0.0)
+        if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
+            raise ValueError(f"p_seg must be a probability in [0, 1]; found values in [{lo}, {hi}]")
+        p_seg = p
+    if brain is None:
+        brain = brain_mask(image)
+    elif np.shape(brain) != spatial:
+        raise ValueError(f"brain mask has shape {np.shape(brain)}; the image's spatial shape is {spatial}")
+    brain = np.asarray(brain, dtype=bool)
+    mask = erode_mask(brain, options.mask_erosion)
+    dissimilarity = dissimilarity_map(image, reconstruction, data_range, options.slice_axis)
+    unsupervised = median_filter_3d(np.where(brain, dissimilarity, 0), options.median_size)
+    maps = {"residual": residual, "dissimilarity": dissimilarity, "unsupervised": unsupervised}
+    maps = {k: np.where(mask, v, 0).astype(np.float32, copy=False) for k, v in maps.items()}
+    score = fused_score(maps["unsupervised"], None if p_seg is None else np.where(mask, p_seg, 0), options.beta)
+    if options.min_component_size > 0:
+        score = remove_small_components(score, options.min_component_size, options.component_threshold)
+    maps["score"] = score
+    maps["brain_mask"] = mask
+    return maps

@@ -1,0 +1,312 @@
+"""Metrics against independent computations (scikit-learn, brute force over all thresholds), threshold selection
+without leaks, folder checks and the sadm_nnunet_evaluate command end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from sadm_nnunet.commands.evaluate import main as evaluate_main
+from sadm_nnunet.evaluation import (METRICS, EvaluationError, RankedCase, auroc, average_precision, best_dice,
+                                    case_metrics, choose_threshold, dice_at, evaluate, fraction_above, summarise)
+
+
+# --- independent reference computations ------------------------------------------------------------------------
+
+def brute_dice(score: np.ndarray, ref: np.ndarray, t: float) -> float:
+    pred = score >= t
+    return 2 * np.sum(pred & ref) / (pred.sum() + ref.sum())
+
+
+def brute_best_dice(score: np.ndarray, ref: np.ndarray) -> float:
+    return max(brute_dice(score, ref, t) for t in np.unique(score))
+
+
+def random_cases(seed: int, count: int = 40):
+    """Score/reference pairs of many kinds: continuous, heavy ties, all-zero scores, empty and full references."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        shape = tuple(rng.integers(2, 9, size=3))
+        ref = rng.random(shape) < rng.choice([0.0, 0.05, 0.3, 1.0], p=[0.1, 0.4, 0.4, 0.1])
+        kind = i % 4
+        if kind == 0:
+            score = rng.random(shape).astype(np.float32) + 0.3 * ref
+        elif kind == 1:  # ties: few distinct values
+            score = np.round(rng.random(shape) * 3 + ref).astype(np.float32) / 4
+        elif kind == 2:
+            score = np.zeros(shape, np.float32)
+        else:  # float64 scores, multi-label reference
+            score = rng.normal(size=shape) + ref
+            ref = ref * rng.integers(1, 4, size=shape)
+        yield score, ref
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn_and_brute_force(seed):
+    checked = 0
+    for score, ref in random_cases(seed):
+        case = RankedCase.from_volume(score, ref)
+        y = ref.ravel() != 0
+        s = score.ravel()
+        if not y.any():
+            assert best_dice(case) == (None, None) and average_precision(case) is None and auroc(case) is None
+            continue
+        dice, t = best_dice(case)
+        assert dice == pytest.approx(brute_best_dice(s, y), abs=1e-15)
+        assert brute_dice(s, y, t) == pytest.approx(dice, abs=1e-15)
+        assert average_precision(case) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        if y.all():
+            assert auroc(case) is None
+        else:
+            assert auroc(case) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        for t in [s.min(), np.median(s), s.max(), s.max() + 1, 0.5]:
+            assert dice_at(case, t) == pytest.approx(brute_dice(s, y, t), abs=1e-15)
+            assert fraction_above(case, t) == np.mean(s >= t)
+        checked += 1
+    assert checked > 20
+
+
+def test_hand_made_case_with_ties():
+    score = np.array([0.9, 0.8, 0.8, 0.1])
+    ref = np.array([1, 0, 2, 0])
+    case = RankedCase.from_volume(score, ref)
+    # thresholds 0.9: TP 1 of 1 predicted -> 2/3; 0.8: TP 2 of 3 -> 4/5; 0.1: TP 2 of 4 -> 4/6
+    assert best_dice(case) == (pytest.approx(0.8), 0.8)
+    assert average_precision(case) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert auroc(case) == pytest.approx(3.5 / 4)  # pairs: 0.9>0.8, 0.9>0.1, 0.8=0.8 (1/2), 0.8>0.1
+    assert dice_at(case, 0.85) == pytest.approx(2 / 3)
+
+
+def test_all_zero_scores_and_empty_references():
+    ref = np.zeros((4, 4, 4), np.uint8)
+    ref[0, 0, :2] = 1
+    zero = RankedCase.from_volume(np.zeros(ref.shape, np.float32), ref)
+    assert best_dice(zero) == (pytest.approx(2 * 2 / (64 + 2)), 0.0)  # the only threshold predicts everything
+    assert average_precision(zero) == pytest.approx(2 / 64)
+    assert auroc(zero) == 0.5
+    healthy = RankedCase.from_volume(np.linspace(0, 1, 64).reshape(4, 4, 4), np.zeros((4, 4, 4)))
+    m = case_metrics(healthy, threshold=0.5)
+    assert m["best_dice"] is None and m["auprc"] is None and m["auroc"] is None
+    assert m["dice_at_threshold"] is None
+    assert m["fpr_healthy"] == 32 / 64
+    assert case_metrics(zero, threshold=0.5)["fpr_healthy"] is None  # only cases with an empty reference
+
+
+def test_region_restricts_the_evaluated_voxels():
+    rng = np.random.default_rng(5)
+    score, ref = rng.random((6, 6, 6)), rng.random((6, 6, 6)) < 0.2
+    region = rng.random((6, 6, 6)) < 0.5
+    case = RankedCase.from_volume(score, ref, region)
+    assert case.n == region.sum() and case.n_positive == (ref & region).sum()
+    assert case.positives_outside_region == (ref & ~region).sum() > 0
+    assert average_precision(case) == pytest.approx(average_precision_score(ref[region], score[region]), abs=1e-12)
+    assert auroc(case) == pytest.approx(roc_auc_score(ref[region], score[region]), abs=1e-12)
+
+
+def test_pooled_threshold_maximises_dice_over_all_validation_voxels():
+    rng = np.random.default_rng(7)
+    val = [(rng.random((5, 5, 5)) + 0.4 * (r := rng.random((5, 5, 5)) < 0.2), r) for _ in range(4)]
+    val.append((rng.random((5, 5, 5)), np.zeros((5, 5, 5), bool)))  # a healthy validation case adds false positives
+    t, pooled_dice = choose_threshold([RankedCase.from_volume(s, r) for s, r in val])
+    s_all = np.concatenate([s.ravel() for s, _ in val])
+    r_all = np.concatenate([r.ravel() for _, r in val])
+    assert pooled_dice == pytest.approx(brute_best_dice(s_all, r_all), abs=1e-15)
+    assert brute_dice(s_all, r_all, t) == pytest.approx(pooled_dice, abs=1e-15)
+    with pytest.raises(EvaluationError, match="no reference voxels"):
+        choose_threshold([RankedCase.from_volume(s, np.zeros_like(r)) for s, r in val])
+
+
+def test_threshold_does_not_depend_on_the_evaluated_cases():
+    rng = np.random.default_rng(11)
+
+    def cases(prefix, n, signal):
+        out = {}
+        for i in range(n):
+            ref = rng.random((6, 6, 6)) < 0.15
+            out[f"{prefix}{i}"] = RankedCase.from_volume(rng.random((6, 6, 6)) + signal * ref, ref)
+        return out
+
+    validation = cases("val", 3, 0.5)
+    test_a = cases("test", 4, 0.5)
+    test_b = {k: RankedCase(c.scores * 3 - 1, c.positives * 3 - 1) for k, c in test_a.items()}  # other scores
+    report_a, report_b = evaluate(test_a, validation), evaluate(test_b, validation)
+    assert report_a["threshold"] == report_b["threshold"] == choose_threshold(list(validation.values()))[0]
+    assert report_a["threshold_source"] == "validation" and report_a["validation_cases"] == sorted(validation)
+    assert report_a["per_case"] != report_b["per_case"]
+    # the evaluated cases would pick another threshold
+    assert choose_threshold(list(test_b.values()))[0] != report_b["threshold"]
+    with pytest.raises(EvaluationError, match=r"both evaluated and used to choose the threshold: test0"):
+        evaluate(test_a, {"test0": validation["val0"]})
+
+
+def test_without_validation_no_threshold_metrics():
+    case = RankedCase.from_volume(np.array([0.2, 0.7]), np.array([0, 1]))
+    report = evaluate({"a": case})
+    assert report["threshold"] is None and report["per_case"]["a"]["dice_at_threshold"] is None
+    assert evaluate({"a": case}, threshold=0.5)["per_case"]["a"]["dice_at_threshold"] == 1.0
+
+
+def test_summary_ignores_undefined_values():
+    per_case = {"a": {k: None for k in METRICS}, "b": dict.fromkeys(METRICS, 0.5), "c": dict.fromkeys(METRICS, 1.0)}
+    per_case["a"]["fpr_healthy"] = 0.25
+    mean, std, count = summarise(per_case)
+    assert mean["best_dice"] == 0.75 and std["best_dice"] == 0.25 and count["best_dice"] == 2
+    assert mean["fpr_healthy"] == pytest.approx(1.75 / 3) and count["fpr_healthy"] == 3
+    assert summarise({"a": {k: None for k in METRICS}})[0]["auroc"] is None
+
+
+# --- folders and the command ----------------------------------------------------------------------------------
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def save(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def make_folders(root: Path, prefix: str, n: int, seed: int, shape=(10, 12, 9)) -> dict:
+    """ref/, pred/, mask/ with n cases; every third case healthy. Returns the arrays for direct computation."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for i in range(n):
+        brain = np.zeros(shape, bool)
+        brain[1:-1, 1:-1, 1:-1] = True
+        ref = np.zeros(shape, np.uint8)
+        if i % 3:
+            ref[3:6, 4:7, 2:5] = rng.integers(1, 3)
+        score = np.where(brain, rng.random(shape) * 0.6 + 0.4 * (ref > 0), 0).astype(np.float32)
+        case = f"{prefix}{i:02d}"
+        save(root / "ref" / f"{case}.nii.gz", ref)
+        save(root / "pred" / f"{case}.nii.gz", score)
+        save(root / "mask" / f"{case}.nii.gz", brain.astype(np.uint8))
+        arrays[case] = (score, ref, brain)
+    return arrays
+
+
+@pytest.fixture
+def folders(tmp_path):
+    test = make_folders(tmp_path / "test", "case", 6, 0)
+    val = make_folders(tmp_path / "val", "val", 5, 1)
+    return tmp_path, test, val
+
+
+def test_command_end_to_end(folders, capsys):
+    root, test, val = folders
+    out = root / "out" / "metrics.json"
+    evaluate_main(["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "-val-ref", str(root / "val/ref"),
+                   "-val-pred", str(root / "val/pred"), "-mask", str(root / "test/mask"),
+                   "-val-mask", str(root / "val/mask"), "-o", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report) >= {"per_case", "mean", "std", "threshold"}
+    assert set(report["mean"]) == set(report["std"]) == set(METRICS)
+    # threshold: brute force over the pooled validation voxels inside the masks
+    s_val = np.concatenate([s[b] for s, r, b in val.values()])
+    r_val = np.concatenate([r[b] != 0 for s, r, b in val.values()])
+    t = report["threshold"]
+    assert brute_dice(s_val, r_val, t) == pytest.approx(brute_best_dice(s_val, r_val), abs=1e-15)
+    for case, (score, ref, brain) in test.items():
+        m = report["per_case"][case]
+        s, y = score[brain], ref[brain] != 0
+        if y.any():
+            assert m["best_dice"] == pytest.approx(brute_best_dice(s, y), abs=1e-12)
+            assert m["auprc"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+            assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+            assert m["dice_at_threshold"] == pytest.approx(brute_dice(s, y, t), abs=1e-12)
+            assert m["fpr_healthy"] is None
+        else:
+            assert m["best_dice"] is None and m["fpr_healthy"] == pytest.approx(np.mean(s >= t))
+    values = [m["best_dice"] for m in report["per_case"].values() if m["best_dice"] is not None]
+    assert report["mean"]["best_dice"] == pytest.approx(np.mean(values))
+    assert report["std"]["best_dice"] == pytest.approx(np.std(values))
+    printed = capsys.readouterr().out
+    assert "| metric | mean | std | cases |" in printed and "| best_dice |" in printed
+    assert not [p for p in out.parent.iterdir() if p.name != "metrics.json"]  # no temporary files left
+
+
+def test_console_script_runs(folders):
+    root, _, _ = folders
+    out = root / "m.json"
+    proc = subprocess.run([str(Path(sys.executable).parent / "sadm_nnunet_evaluate"), "-ref", str(root / "test/ref"),
+                           "-pred", str(root / "test/pred"), "-o", str(out), "--threshold", "0.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["threshold"] == 0.5 and "| auroc |" in proc.stdout
+
+
+def run_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(args)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_mismatched_cases_shapes_and_geometry_name_the_case(folders, capsys):
+    root, _, _ = folders
+    base = ["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "-o", str(root / "e.json")]
+    (root / "test/pred/case03.nii.gz").rename(root / "test/pred/other.nii.gz")
+    err = run_error(base, capsys)
+    assert "have no score map" in err and "case03" in err and "have no reference" in err and "other" in err
+    (root / "test/pred/other.nii.gz").unlink()
+    save(root / "test/pred/case03.nii.gz", np.zeros((10, 12, 8), np.float32))
+    err = run_error(base, capsys)
+    assert "case 'case03'" in err and "shape (10, 12, 8), expected (10, 12, 9)" in err
+    save(root / "test/pred/case03.nii.gz", np.zeros((10, 12, 9), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    err = run_error(base, capsys)
+    assert "case 'case03'" in err and "spacing (2, 2, 3), expected (2, 2, 2)" in err
+    shifted = AFFINE.copy()
+    shifted[:3, 3] = [5, 0, 0]
+    save(root / "test/pred/case03.nii.gz", np.zeros((10, 12, 9), np.float32), shifted)
+    err = run_error(base, capsys)
+    assert "case 'case03'" in err and "origin (5, 0, 0), expected (0, 0, 0)" in err
+    save(root / "test/pred/case03.nii.gz", np.full((10, 12, 9), np.nan, np.float32))
+    assert "case 'case03'" in run_error(base, capsys)
+    save(root / "test/pred/case03.nii.gz", np.zeros((10, 12, 9), np.float32))
+    save(root / "test/ref/case04.nii.gz", np.full((10, 12, 9), 0.5, np.float32))
+    err = run_error(base, capsys)
+    assert "case 'case04'" in err and "non-integer value 0.5" in err
+    assert not (root / "e.json").exists()
+
+
+def test_leaks_and_inconsistent_options_are_refused(folders, capsys):
+    root, _, _ = folders
+    base = ["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "-o", str(root / "e.json")]
+    same = ["-val-ref", str(root / "test/ref"), "-val-pred", str(root / "test/pred")]
+    assert "same folder" in run_error(base + same, capsys)
+    val = ["-val-ref", str(root / "val/ref"), "-val-pred", str(root / "val/pred")]
+    assert "not both" in run_error(base + val + ["--threshold", "0.3"], capsys)
+    assert "-mask and -val-mask go together" in run_error(base + val + ["-mask", str(root / "test/mask")], capsys)
+    assert "both -val-ref and -val-pred" in run_error(base + val[:2], capsys)
+    # the same case names in the validation set (copied folder) are refused too
+    import shutil
+    shutil.copytree(root / "test", root / "copy")
+    err = run_error(base + ["-val-ref", str(root / "copy/ref"), "-val-pred", str(root / "copy/pred")], capsys)
+    assert "both evaluated and used to choose the threshold" in err and "case00" in err
+    assert not (root / "e.json").exists()
+
+
+def test_pred_suffix_and_image_masks(tmp_path, capsys):
+    """Score files named CASE_ssim.nii.gz; masks given as skull-stripped images CASE_0000.nii.gz; a warning for
+    reference voxels outside the mask."""
+    arrays = make_folders(tmp_path, "c", 3, 4)
+    for case, (score, ref, brain) in arrays.items():
+        (tmp_path / "pred" / f"{case}.nii.gz").rename(tmp_path / "pred" / f"{case}_ssim.nii.gz")
+        save(tmp_path / "images" / f"{case}_0000.nii.gz", brain * np.float32(100.0))
+    ref = arrays["c02"][1].copy()
+    ref[0, 0, :2] = 1  # outside the brain
+    save(tmp_path / "ref" / "c02.nii.gz", ref)
+    out = tmp_path / "o.json"
+    evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--pred-suffix", "_ssim",
+                   "-mask", str(tmp_path / "images"), "-o", str(out)])
+    report = json.loads(out.read_text())
+    assert sorted(report["per_case"]) == sorted(arrays) and report["region"] == "brain mask"
+    score, ref, brain = arrays["c01"]
+    assert report["per_case"]["c01"]["region_voxels"] == brain.sum()
+    assert report["per_case"]["c02"]["reference_voxels_outside_region"] == 2
+    assert "Warning: 1 case(s) have reference voxels outside the brain mask" in capsys.readouterr().out
