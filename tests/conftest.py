@@ -99,3 +99,44 @@ def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
     fold = nnunet.fold_folder(healthy_dataset, TRAINER)
     cmd = ["nnUNetv2_train", str(HEALTHY_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"]
     return train_interrupted_then_resumed(nnunet, cmd, fold)
+
+
+# ---- stage II: a labelled tumour dataset, an SADM configuration and a trained SADM model ----
+LESION_ID = 503
+SADM_TRAINER = "SADMTrainer_2epochs_100its"
+PLAIN_TRAINER = "nnUNetTrainer_1epoch"
+
+
+@pytest.fixture(scope="session")
+def lesion_dataset(nnunet: NNUNet) -> str:
+    """Dataset503_Tumours: 10 training subjects with a tumour-like lesion, 3 held-out test subjects (imagesTs)."""
+    from sadm_nnunet.datasets.lesions import build_lesion_dataset
+
+    name = f"Dataset{LESION_ID}_Tumours"
+    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=10, seed=3, kind="tumour", zoom=1 / 3,
+                         spacing=6.0)
+    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=3, seed=3, kind="tumour", zoom=1 / 3,
+                         spacing=6.0, first_index=10, split="test")
+    nnunet.plan(LESION_ID)
+    return name
+
+
+@pytest.fixture(scope="session")
+def sadm_planned(nnunet: NNUNet, trained_stage1: dict, lesion_dataset: str):
+    return nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID)
+
+
+@pytest.fixture(scope="session")
+def trained_sadm(nnunet: NNUNet, sadm_planned, lesion_dataset: str) -> dict:
+    fold = nnunet.fold_folder(lesion_dataset, SADM_TRAINER, "2d_sadm", "0")
+    cmd = ["nnUNetv2_train", str(LESION_ID), "2d_sadm", "0", "-tr", SADM_TRAINER, "-device", "cpu"]
+    return train_interrupted_then_resumed(nnunet, cmd, fold)
+
+
+@pytest.fixture(scope="session")
+def predictions(nnunet: NNUNet, trained_sadm: dict, lesion_dataset: str, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sadm_predictions")
+    nnunet.run("nnUNetv2_predict", "-i", nnunet.raw / lesion_dataset / "imagesTs", "-o", out, "-d", LESION_ID,
+               "-c", "2d_sadm", "-tr", SADM_TRAINER, "-f", "0", "--save_probabilities", "-device", "cpu",
+               "-npp", "1", "-nps", "1")
+    return out

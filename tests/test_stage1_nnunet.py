@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from diffusers import UNet2DModel
 

@@ -5,54 +5,16 @@ plan_and_preprocess -> stage I (fixture) -> sadm_nnunet_plan -> nnUNetv2_train -
 from __future__ import annotations
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import HEALTHY_ID, HEALTHY_T1, TRAINER as STAGE1_TRAINER, NNUNet, train_interrupted_then_resumed
+from conftest import HEALTHY_ID, LESION_ID, PLAIN_TRAINER, SADM_TRAINER, TRAINER as STAGE1_TRAINER, NNUNet
 
-LESION_ID = 503
-SADM_TRAINER = "SADMTrainer_2epochs_100its"
-PLAIN_TRAINER = "nnUNetTrainer_1epoch"
 MIN_TEST_DICE = 0.5  # tumour lesions cover a few % of the brain: an empty or all-brain prediction scores < 0.15
-
-
-@pytest.fixture(scope="module")
-def lesion_dataset(nnunet: NNUNet) -> str:
-    """Dataset503_Tumours: 10 training subjects with a tumour-like lesion, 3 held-out test subjects (imagesTs)."""
-    from sadm_nnunet.datasets.lesions import build_lesion_dataset
-
-    name = f"Dataset{LESION_ID}_Tumours"
-    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=10, seed=3, kind="tumour", zoom=1 / 3,
-                         spacing=6.0)
-    build_lesion_dataset(HEALTHY_T1, nnunet.raw / name, num_cases=3, seed=3, kind="tumour", zoom=1 / 3,
-                         spacing=6.0, first_index=10, split="test")
-    nnunet.plan(LESION_ID)
-    return name
-
-
-@pytest.fixture(scope="module")
-def sadm_planned(nnunet: NNUNet, trained_stage1: dict, lesion_dataset: str):
-    return nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID)
-
-
-@pytest.fixture(scope="module")
-def trained_sadm(nnunet: NNUNet, sadm_planned, lesion_dataset: str) -> dict:
-    fold = nnunet.fold_folder(lesion_dataset, SADM_TRAINER, "2d_sadm", "0")
-    cmd = ["nnUNetv2_train", str(LESION_ID), "2d_sadm", "0", "-tr", SADM_TRAINER, "-device", "cpu"]
-    return train_interrupted_then_resumed(nnunet, cmd, fold)
-
-
-@pytest.fixture(scope="module")
-def predictions(nnunet: NNUNet, trained_sadm: dict, lesion_dataset: str, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sadm_predictions")
-    nnunet.run("nnUNetv2_predict", "-i", nnunet.raw / lesion_dataset / "imagesTs", "-o", out, "-d", LESION_ID,
-               "-c", "2d_sadm", "-tr", SADM_TRAINER, "-f", "0", "--save_probabilities", "-device", "cpu",
-               "-npp", "1", "-nps", "1")
-    return out
 
 
 def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sadm_planned, lesion_dataset):
@@ -155,3 +117,45 @@ def test_training_without_sadm_configuration_fails_clearly(nnunet, lesion_datase
     proc = nnunet.run("nnUNetv2_train", LESION_ID, "2d", "0", "-tr", SADM_TRAINER, "-device", "cpu", check=False)
     assert proc.returncode != 0
     assert "not an SADM configuration" in proc.stderr and "sadm_nnunet_plan" in proc.stderr
+
+
+def test_plan_refuses_3d_configurations(nnunet, sadm_planned, lesion_dataset):
+    proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-c", "3d_fullres", check=False)
+    assert proc.returncode != 0 and "3D" in proc.stderr and "2D configurations only" in proc.stderr
+
+
+BATCH_PROBE = """
+import sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+trainer = get_trainer_from_args(sys.argv[1], "2d_sadm", 1, sys.argv[2], device=torch.device("cpu"))
+trainer.initialize()
+for name, loader in zip(("train", "val"), trainer.get_dataloaders()):
+    for _ in range(3):
+        target = next(loader)["target"][0]
+        anomalies = (target == 1).flatten(1).any(1).int().tolist()
+        print(name, ";".join(map(str, anomalies)), ";".join(map(str, torch.unique(target).int().tolist())), sep=",")
+"""
+
+
+def test_draem_batches_carry_synthetic_anomalies(nnunet, sadm_planned, lesion_dataset):
+    proc = nnunet.run(sys.executable, "-c", BATCH_PROBE, str(LESION_ID), "SADMTrainer_DRAEM_2epochs_100its")
+    rows = [line.split(",") for line in proc.stdout.splitlines() if line.startswith(("train,", "val,"))]
+    assert len(rows) == 6
+    for name in ("train", "val"):
+        has_anomaly = [int(v) for row in rows if row[0] == name for v in row[1].split(";")]
+        assert {v for row in rows if row[0] == name for v in row[2].split(";")} <= {"0", "1"}
+        # nearly every patch gets a mask (a few fall outside the brain); validation ones are deterministic
+        assert np.mean(has_anomaly) > 0.6, (name, has_anomaly)
+
+
+def test_self_supervised_draem_trainer_trains_on_synthetic_anomalies(nnunet, sadm_planned, lesion_dataset):
+    trainer = "SADMTrainer_DRAEM_2epochs_100its"
+    proc = nnunet.run("nnUNetv2_train", LESION_ID, "2d_sadm", "1", "-tr", trainer, "-device", "cpu")
+    fold = nnunet.fold_folder(lesion_dataset, trainer, "2d_sadm", "1")
+    checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+    # validation patches carry deterministic synthetic anomalies, so the pseudo Dice is defined (NaN without them)
+    pseudo_dice = checkpoint["logging"]["mean_fg_dice"]
+    assert len(pseudo_dice) == 2 and all(np.isfinite(pseudo_dice)), proc.stdout[-2000:]
+    # the final validation scores the real (never seen) tumours
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    print(f"DRAEM pseudo Dice {pseudo_dice}, Dice on real tumours {summary['foreground_mean']['Dice']:.3f}")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sadm_nnunet.diffusion.settings import PLANS_KEY, DiffusionSettings, unet_config
+from sadm_nnunet.diffusion.settings import PLANS_KEY, unet_config
 from sadm_nnunet.io_utils import write_json_atomic
 
 

@@ -5,7 +5,6 @@ and a gamma change, resampled to a (coarser) grid. The label is the brain mask (
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
