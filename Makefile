@@ -17,3 +17,4 @@ test: install
 
 benchmark: install
 	$(BIN)/python benchmarks/stage1_benchmark.py --quick
+	$(BIN)/python benchmarks/stage2_benchmark.py --quick

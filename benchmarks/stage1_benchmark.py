@@ -465,13 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
     if mode["iterations"] < 1 or mode["warmup"] < 0 or args.threads < 1:
         raise SystemExit("--iterations and --threads must be >= 1, --warmup >= 0")
 
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="sadm_stage1_bench_")
-        workdir = Path(tmp.name)
-    else:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
+    tmp, workdir = prepare_workdir(args.workdir, "sadm_stage1_bench_")
     # nnU-Net reads its paths and the number of augmentation workers from the environment when it uses them.
     os.environ.update(nnunet_env(workdir))
     os.environ["nnUNet_n_proc_DA"] = "0"
@@ -523,13 +517,28 @@ def main(argv: list[str] | None = None) -> dict:
         "time_budget_s": mode["time_budget_s"],
         "runtime_s": time.perf_counter() - started,
     }
-    print()
-    print(markdown(results))
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nResults written to {args.output}")
+    write_report(results, markdown(results), args.output)
     return results
+
+
+def prepare_workdir(workdir: Path | None, prefix: str) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """The folder for nnU-Net's data: `workdir` (created, kept) or a temporary one (removed with the handle)."""
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        return tmp, Path(tmp.name)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return None, workdir
+
+
+def write_report(results: dict, table: str, output: Path | None) -> None:
+    """Prints the Markdown table and writes the JSON results to `output` (if given)."""
+    print()
+    print(table)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"\nResults written to {output}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,30 @@ import sys
 from conftest import REPO
 
 
-def test_stage1_benchmark_quick_mode_runs_and_reports(tmp_path):
-    out = tmp_path / "stage1.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stage1_benchmark.py"), "--quick",
+def run_quick(script: str, tmp_path) -> tuple[str, dict]:
+    """Runs a benchmark script in --quick mode; returns its terminal output and its JSON results."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick",
                            "--workdir", str(tmp_path / "work"), "--output", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "Target (a)/(b) >= 0.9" in proc.stdout and "passes / slice" in proc.stdout
-    results = json.loads(out.read_text())
-    text = json.dumps(results)
+    text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text
+    return proc.stdout, json.loads(text)
+
+
+def test_stage1_benchmark_quick_mode_runs_and_reports(tmp_path):
+    stdout, _ = run_quick("stage1_benchmark.py", tmp_path)
+    assert "Target (a)/(b) >= 0.9" in stdout and "passes / slice" in stdout
+
+
+def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
+    stdout, results = run_quick("stage2_benchmark.py", tmp_path)
+    assert "random weights (untrained)" in stdout and "ms / tile" in stdout
+    for target in ("SADM / nnU-Net <= 1.5", "peak RSS SADM / nnU-Net <= 1.3", "prediction time SADM / nnU-Net <= 1.5"):
+        assert target in stdout
+    training = results["training"]["trainers"]
+    for trainer in ("SADMBenchTrainer", "SADMBenchBaselineTrainer"):
+        assert training[trainer]["median_s_per_train_step"] > 0 and training[trainer]["peak_rss_mib"] > 0
+    assert training["SADMBenchTrainer"]["median_reconstruction_s"] > 0
+    assert set(results["prediction"]["variants"]) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer"}

@@ -78,8 +78,11 @@ class Reconstructor:
         levels = torch.randint(0, self.settings.num_train_timesteps, (n,))
         noise = sample_noise(tuple(x0.shape), self.settings.noise, None, x0.device)
         noisy = self.scheduler.add_noise(x0, noise, levels)
-        out = self.unet(noisy, levels.to(x0.device)).sample
-        return self.settings.from_model_space(out[:, :, :h, :w].float()).to(images.dtype)
+        out = torch.empty_like(x0)
+        for start in range(0, n, self.options.batch_size):  # in chunks, as the seeded path: bounded peak memory
+            sl = slice(start, start + self.options.batch_size)
+            out[sl] = self.unet(noisy[sl], levels[sl].to(x0.device)).sample
+        return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
