@@ -100,6 +100,7 @@ setup(
             "sadm_nnunet_plan=sadm_nnunet.commands.plan_sadm:main",
             "sadm_nnunet_reconstruct=sadm_nnunet.commands.reconstruct:main",
             "sadm_nnunet_evaluate=sadm_nnunet.commands.evaluate:main",
+            "sadm_nnunet_score=sadm_nnunet.commands.score:main",
         ]
     },
 )

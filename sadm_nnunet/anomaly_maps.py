@@ -71,6 +71,9 @@ class ScoreOptions:
     component_threshold: the level that defines those components; required when min_component_size > 0.
     slice_axis: the spatial axis along which the 2D SSIM is taken slice by slice (0 for arrays in SimpleITK /
         nnU-Net order (z, y, x) of axially acquired images).
+    clip_dissimilarity: clip 1 - SSIM to [0, 1] before filtering (SSIM lies in [-1, 1]; a negative SSIM, i.e.
+        inverted local structure, then counts as fully dissimilar), so that the unsupervised map and the fused
+        score stay in [0, 1] like the probability they are combined with. False: the unclipped range [0, 2].
     """
 
     beta: float = 0.5
@@ -79,6 +82,7 @@ class ScoreOptions:
     min_component_size: int = 0
     component_threshold: float | None = None
     slice_axis: int = 0
+    clip_dissimilarity: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta <= 1.0:
@@ -200,7 +204,7 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
     the brain eroded by options.mask_erosion ("the mask" below); p_seg is restricted to the mask as well.
     Returns float32 (Z, Y, X) maps, 0 outside the mask, and the mask:
       "residual"      |image - reconstruction| (channel mean)
-      "dissimilarity" 1 - SSIM, not filtered
+      "dissimilarity" 1 - SSIM, not filtered (clipped to [0, 1] with options.clip_dissimilarity)
       "unsupervised"  1 - SSIM after the 3D median filter: the unsupervised (reconstruction-only) anomaly map
       "score"         AS = beta * unsupervised + (1 - beta) * p_seg, then small components removed if asked
       "brain_mask"    bool, the mask
@@ -222,6 +226,8 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
     brain = np.asarray(brain, dtype=bool)
     mask = erode_mask(brain, options.mask_erosion)
     dissimilarity = dissimilarity_map(image, reconstruction, data_range, options.slice_axis)
+    if options.clip_dissimilarity:
+        dissimilarity = np.clip(dissimilarity, 0.0, 1.0)
     unsupervised = median_filter_3d(np.where(brain, dissimilarity, 0), options.median_size)
     maps = {"residual": residual, "dissimilarity": dissimilarity, "unsupervised": unsupervised}
     maps = {k: np.where(mask, v, 0).astype(np.float32, copy=False) for k, v in maps.items()}

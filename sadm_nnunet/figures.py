@@ -246,7 +246,9 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
                          images: Path | None = None, maps: Path | None = None, max_cases: int = 50) -> list[Path]:
     """Per-case PNGs (CASE.png, for the first `max_cases` cases) and contact_sheet.png (all cases) in `out`, for
     the cases of an evaluation report (its threshold and metrics). Optional folders: `images` with CASE_0000.nii.gz,
-    `maps` with CASE_reconstruction_0000.nii.gz and CASE_ssim.nii.gz; missing files leave their panel empty."""
+    `maps` with CASE_reconstruction_0000.nii.gz and the unsupervised map CASE_unsupervised.nii.gz (as
+    sadm_nnunet_score writes them) or CASE_ssim.nii.gz (sadm_nnunet_reconstruct); missing files leave their panel
+    empty."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     refs = list_cases(Path(ref_folder), "", "reference folder")
@@ -254,15 +256,17 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
     threshold = report.get("threshold")
     written, tiles = [], []
 
-    def optional(folder: Path | None, name: str, case: str, reference: Volume, what: str) -> np.ndarray | None:
+    def optional(folder: Path | None, names: str | tuple[str, ...], case: str, reference: Volume, what: str
+                 ) -> np.ndarray | None:
         if folder is None:
             return None
-        for ending in (".nii.gz", ".nii"):
-            f = Path(folder) / f"{name}{ending}"
-            if f.is_file():
-                volume = _read_canonical(f)
-                check_geometry(case, volume, reference, what)
-                return volume.array.astype(np.float32)
+        for name in (names,) if isinstance(names, str) else names:
+            for ending in (".nii.gz", ".nii"):
+                f = Path(folder) / f"{name}{ending}"
+                if f.is_file():
+                    volume = _read_canonical(f)
+                    check_geometry(case, volume, reference, what)
+                    return volume.array.astype(np.float32)
         return None
 
     for i, case in enumerate(sorted(report["per_case"])):
@@ -275,7 +279,8 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
                               image=optional(images, f"{case}_0000", case, reference, "image"),
                               reconstruction=optional(maps, f"{case}_reconstruction_0000", case, reference,
                                                       "reconstruction"),
-                              unsupervised=optional(maps, f"{case}_ssim", case, reference, "unsupervised map"))
+                              unsupervised=optional(maps, (f"{case}_unsupervised", f"{case}_ssim"), case, reference,
+                                                    "unsupervised map"))
         caption = _caption(case, report["per_case"][case])
         if i < max_cases:
             written.append(case_figure(out / f"{case}.png", volumes, threshold,

@@ -24,8 +24,9 @@ OUT.json: "per_case", "mean", "std", "count" (cases per metric), "threshold", "t
 
 --figures FIG_DIR writes one PNG per case and contact_sheet.png (see sadm_nnunet.figures): input (from --images,
 CASE_0000.nii.gz), reconstruction and unsupervised map (from --maps: CASE_reconstruction_0000.nii.gz and
-CASE_ssim.nii.gz as sadm_nnunet_reconstruct writes them), fused score, prediction (score >= threshold) and
-reference outline. Panels whose files are not given are left empty.
+CASE_unsupervised.nii.gz as sadm_nnunet_score writes them, or CASE_ssim.nii.gz from sadm_nnunet_reconstruct),
+the evaluated score, prediction (score >= threshold) and reference outline. Panels whose files are not given are
+left empty. A sadm_nnunet_score folder serves as both -pred (with --pred-suffix _score) and --maps.
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pred-suffix", default="", help="score files are CASE{suffix}.nii.gz (e.g. _ssim)")
     parser.add_argument("--figures", type=Path, help="folder for per-case PNGs and a contact sheet")
     parser.add_argument("--images", type=Path, help="raw images CASE_0000.nii.gz for the figures")
-    parser.add_argument("--maps", type=Path, help="folder with CASE_reconstruction_0000.nii.gz and CASE_ssim.nii.gz "
-                                                  "for the figures")
+    parser.add_argument("--maps", type=Path, help="folder with CASE_reconstruction_0000.nii.gz and CASE_unsupervised"
+                                                  ".nii.gz (or CASE_ssim.nii.gz) for the figures")
     parser.add_argument("--max-figures", type=int, default=50, help="per-case PNGs for at most this many cases "
                                                                     "(the contact sheet shows all); default 50")
     return parser

@@ -14,67 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from sadm_nnunet.anomaly_maps import ssim_map
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
-from sadm_nnunet.io_utils import atomic_path
-from sadm_nnunet.nnunet_geometry import to_input_geometry, write_float_image
-
-
-def find_cases(folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
-    """Groups CASE_XXXX<file_ending> files by case and checks that every case has channels 0..num_channels-1."""
-    if not folder.is_dir():
-        raise SystemExit(f"Input folder {folder} does not exist")
-    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
-    cases: dict[str, dict[int, Path]] = {}
-    others = []
-    for f in sorted(folder.iterdir()):
-        m = pattern.match(f.name)
-        if m:
-            cases.setdefault(m.group(1), {})[int(m.group(2))] = f
-        elif f.is_file():
-            others.append(f.name)
-    if not cases:
-        hint = f" Found other files, e.g. {others[:3]}." if others else " The folder is empty."
-        raise SystemExit(f"No images named CASE_XXXX{file_ending} in {folder}; the model expects the file ending "
-                         f"'{file_ending}' and {num_channels} channel(s).{hint}")
-    result = {}
-    for case, channels in cases.items():
-        if sorted(channels) != list(range(num_channels)):
-            raise SystemExit(f"Case '{case}' in {folder} has channel(s) {sorted(channels)}; the model was trained "
-                             f"on {num_channels} channel(s), expected files {case}_0000..{case}_{num_channels - 1:04d}"
-                             f"{file_ending}")
-        result[case] = [channels[i] for i in range(num_channels)]
-    return result
+from sadm_nnunet.nnunet_cases import (back_to_input, find_cases, preprocess_case, results_folder,
+                                      to_input_intensities, write_volumes)
 
 
 def model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
-    from nnunetv2.paths import nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    if not nnUNet_results.is_set():
-        raise SystemExit("nnUNet_results is not set; set the nnU-Net path variables first")
-    folder = Path(nnUNet_results.get()) / maybe_convert_to_dataset_name(dataset) / f"{trainer}__{plans}__{configuration}"
-    if not folder.is_dir():
-        raise SystemExit(f"No trained stage-I model at {folder}; train it with "
-                         f"nnUNetv2_train {dataset} {configuration} all -tr {trainer}")
-    return folder
-
-
-def input_intensity_stats(image: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation over the nonzero voxels (the region nnU-Net's z-score uses after cropping)."""
-    values = image[image != 0]
-    if values.size == 0:
-        return 0.0, 1.0
-    return float(values.mean()), float(max(values.std(), 1e-8))
+    return results_folder(dataset, trainer, plans, configuration, "trained stage-I model",
+                          f"nnUNetv2_train {dataset} {configuration} all -tr {trainer}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     base = model_folder(args.dataset, args.trainer, args.plans, args.configuration)
@@ -109,30 +63,24 @@ def main(argv: list[str] | None = None) -> None:
     num_channels = len(dataset_json["channel_names"])
     cases = find_cases(args.input, dataset_json["file_ending"], num_channels)
     args.output.mkdir(parents=True, exist_ok=True)
-    preprocessor = DefaultPreprocessor(verbose=False)
     print(f"Reconstructing {len(cases)} case(s) with {base.name}/{fold_folder.name} ({options.method}, noise levels "
           f"{list(options.noise_levels)}, {reconstructor.passes_per_slice()} network passes per slice)")
     for case, files in tqdm(cases.items(), desc="reconstruct", unit="case"):
-        data, _, properties = preprocessor.run_case([str(f) for f in files], None, plans_manager,
-                                                    configuration_manager, dataset_json)
-        image = torch.from_numpy(np.asarray(data, dtype=np.float32)).to(args.device)
+        pre = preprocess_case(files, plans_manager, configuration_manager, dataset_json)
+        image = torch.from_numpy(pre.data).to(args.device)
         recon = reconstructor(image[None])[0]
         a = settings.to_model_space(image).permute(1, 0, 2, 3)
         b = settings.to_model_space(recon).permute(1, 0, 2, 3)
         dissimilarity = (1 - ssim_map(a, b, data_range=2.0)).permute(1, 0, 2, 3).mean(0, keepdim=True)
         residual = (image - recon).abs().mean(0, keepdim=True)
         maps = {
-            "residual": to_input_geometry(residual.cpu().numpy(), properties, plans_manager, configuration_manager),
-            "ssim": to_input_geometry(dissimilarity.cpu().numpy(), properties, plans_manager, configuration_manager),
+            "residual": back_to_input(residual.cpu().numpy(), pre, plans_manager, configuration_manager)[0],
+            "ssim": back_to_input(dissimilarity.cpu().numpy(), pre, plans_manager, configuration_manager)[0],
         }
-        recon_raw = to_input_geometry(recon.cpu().numpy(), properties, plans_manager, configuration_manager)
-        rw = plans_manager.image_reader_writer_class()
-        raw, _ = rw.read_images([str(f) for f in files])
+        recon_raw = to_input_intensities(back_to_input(recon.cpu().numpy(), pre, plans_manager,
+                                                       configuration_manager), pre.raw, plans_manager,
+                                         configuration_manager)
         for c in range(num_channels):
-            mean, std = input_intensity_stats(raw[c])
-            maps[f"reconstruction_{c:04d}"] = np.where(raw[c] != 0, recon_raw[c] * std + mean, 0)[None]
-        for name, volume in maps.items():
-            target = args.output / f"{case}_{name}{dataset_json['file_ending']}"
-            with atomic_path(target) as tmp:
-                write_float_image(volume[0], str(tmp), properties)
+            maps[f"reconstruction_{c:04d}"] = recon_raw[c]
+        write_volumes(args.output, case, maps, dataset_json["file_ending"], pre.properties)
     print(f"Wrote reconstructions and anomaly maps to {args.output}")

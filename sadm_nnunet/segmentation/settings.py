@@ -7,7 +7,8 @@ whole network from the plans alone; the weights come from the checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings)
 
@@ -24,6 +25,57 @@ class SyntheticAnomalySettings:
     blend_min: float
     blend_max: float
     max_scale_exponent: int
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How `sadm_nnunet_score` computes the anomaly maps (block `scoring`; meanings in plans/sadm.json)."""
+    beta: float
+    median_size: int
+    clip_dissimilarity: bool
+    mask_erosion: int
+    min_component_size: int
+    component_threshold: float | None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = f"{PLANS_KEY}.scoring") -> "ScoringSettings":
+        """Strict: every key of the template, numbers of the right type (component_threshold may be null)."""
+        for key in ("beta", "component_threshold"):
+            value = d[key]
+            if (value is None and key == "beta") or isinstance(value, (bool, str)) or \
+                    not isinstance(value, (int, float, type(None))):
+                raise TypeError(f"Setting '{where}.{key}' must be a number{' or null' if key != 'beta' else ''}, "
+                                f"found {value!r}")
+        if not isinstance(d["clip_dissimilarity"], bool):
+            raise TypeError(f"Setting '{where}.clip_dissimilarity' must be true or false, found "
+                            f"{d['clip_dissimilarity']!r}")
+        s = build_dataclass(cls, d, where)  # (component_threshold, typed 'float | None', passes through as is)
+        if s.component_threshold is not None:
+            s = replace(s, component_threshold=float(s.component_threshold))
+        s.validate(where)
+        return s
+
+    def validate(self, where: str = f"{PLANS_KEY}.scoring") -> None:
+        def check(ok: bool, key: str, found, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
+
+        check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
+        for key in ("median_size", "mask_erosion", "min_component_size"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
+        t = self.component_threshold
+        check(t is None or math.isfinite(t), "component_threshold", t, "a finite number or null")
+        check(self.min_component_size == 0 or t is not None, "component_threshold", t,
+              f"a number (the score level), since min_component_size is {self.min_component_size}")
+
+    def score_options(self, beta: float | None = None, slice_axis: int = 0):
+        """The `anomaly_maps` options these settings describe (`beta` overrides the plans' value)."""
+        from sadm_nnunet.anomaly_maps import ScoreOptions
+
+        return ScoreOptions(beta=self.beta if beta is None else float(beta), median_size=self.median_size,
+                            mask_erosion=self.mask_erosion, min_component_size=self.min_component_size,
+                            component_threshold=self.component_threshold, slice_axis=slice_axis,
+                            clip_dissimilarity=self.clip_dissimilarity)
 
 
 @dataclass(frozen=True)
@@ -44,6 +96,7 @@ class SADMSettings:
     stage1: Stage1Model
     diffusion: DiffusionSettings  # the stage-I settings, with the stage-II reconstruction overrides applied
     denoiser: dict  # UNet2DModel constructor arguments of the stage-I model
+    scoring: ScoringSettings  # how sadm_nnunet_score computes the anomaly maps
 
     @classmethod
     def from_configuration(cls, configuration: dict, name: str = "") -> "SADMSettings":
@@ -73,6 +126,7 @@ class SADMSettings:
             stage1=build_dataclass(Stage1Model, block["stage1"], f"{where}.stage1"),
             diffusion=diffusion,
             denoiser=dict(block["denoiser"]),
+            scoring=ScoringSettings.from_dict(full["scoring"], f"{where}.scoring"),
         )
         s.validate(where)
         return s

@@ -17,9 +17,9 @@ STAGE1_TRAINER_PREFIX = "SADMDiffusionTrainer"
 def results_root() -> Path:
     from nnunetv2.paths import nnUNet_results
 
-    if nnUNet_results is None:
+    if not nnUNet_results.is_set():
         raise RuntimeError("nnUNet_results is not set; set the nnU-Net path variables first")
-    return Path(nnUNet_results)
+    return Path(nnUNet_results.get())
 
 
 def training_folder(model: Stage1Model) -> Path:
