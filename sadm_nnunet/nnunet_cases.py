@@ -41,19 +41,27 @@ def find_cases(folder: Path, file_ending: str, num_channels: int) -> dict[str, l
     return result
 
 
+def dataset_name(dataset: str) -> str:
+    """nnU-Net's DatasetXXX_Name for a name or id, or an error (no traceback) when nnU-Net knows no such dataset."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:  # nnU-Net: not a number, or no dataset with this id
+        raise SystemExit(f"Dataset '{dataset}' not found: {e}") from None
+
+
 def results_folder(dataset: str, trainer: str, plans: str, configuration: str, what: str = "trained model",
                    train_hint: str | None = None) -> Path:
     """nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION, or an error naming the folder and how to train it."""
     from nnunetv2.paths import nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
     if not nnUNet_results.is_set():
         raise SystemExit("nnUNet_results is not set; set the nnU-Net path variables first")
-    try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as e:  # nnU-Net: not a number, or no dataset with this id
-        raise SystemExit(f"Dataset '{dataset}' not found: {e}") from None
-    folder = Path(nnUNet_results.get()) / name / f"{trainer}__{plans}__{configuration}"
+    name = dataset_name(dataset)
+    folder = Path(nnUNet_results.get()) / name / convert_trainer_plans_config_to_identifier(trainer, plans,
+                                                                                            configuration)
     if not folder.is_dir():
         available = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
         listing = f" Trained models of {name}: {available}." if available else ""

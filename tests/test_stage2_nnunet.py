@@ -41,6 +41,10 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     missing = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--ddpm-trainer",
                          "SADMDiffusionTrainer_5epochs", check=False)
     assert missing.returncode != 0 and "No trained stage-I model" in missing.stderr
+    for target, healthy in ((999, HEALTHY_ID), (LESION_ID, 999)):
+        unknown = nnunet.run("sadm_nnunet_plan", target, "--ddpm", healthy, check=False)
+        assert unknown.returncode != 0 and "Dataset '999' not found" in unknown.stderr
+        assert "Traceback" not in unknown.stderr
     # a target preprocessed at another spacing does not fit the denoiser
     plans_path = nnunet.preprocessed / lesion_dataset / "nnUNetPlans.json"
     plans = json.loads(plans_path.read_text())

@@ -33,11 +33,12 @@ def parse_override(text: str) -> dict:
 
 def plans_file(dataset: str, plans_identifier: str) -> Path:
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from sadm_nnunet.nnunet_cases import dataset_name
 
     if not nnUNet_preprocessed.is_set():
         raise SystemExit("nnUNet_preprocessed is not set; set the nnU-Net path variables first")
-    path = Path(nnUNet_preprocessed.get()) / maybe_convert_to_dataset_name(dataset) / f"{plans_identifier}.json"
+    path = Path(nnUNet_preprocessed.get()) / dataset_name(dataset) / f"{plans_identifier}.json"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset} first")
     return path

@@ -18,6 +18,7 @@ import json
 from sadm_nnunet.commands.plan_diffusion import parse_override, plans_file
 from sadm_nnunet.diffusion.export import load_diffusion_model
 from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nnunet_cases import dataset_name
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
 from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
                                              stage1_plans_and_dataset_json)
@@ -39,7 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = args.name or f"{args.configuration}_sadm"
 
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     path = plans_file(args.target, args.plans)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Configuration '{args.configuration}' of {path.parent.name} is 3D (patch {list(patch)}); SADM supports "
             f"2D configurations only so far. Use -c 2d.")
 
-    healthy = maybe_convert_to_dataset_name(args.ddpm)
+    healthy = dataset_name(args.ddpm)
     stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
     stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
     target_dataset_json = json.loads((path.parent / "dataset.json").read_text())

@@ -23,7 +23,10 @@ def results_root() -> Path:
 
 
 def training_folder(model: Stage1Model) -> Path:
-    return results_root() / model.dataset / f"{model.trainer}__{model.plans}__{model.configuration}"
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    return results_root() / model.dataset / convert_trainer_plans_config_to_identifier(
+        model.trainer, model.plans, model.configuration)
 
 
 def model_folder(model: Stage1Model) -> Path:

@@ -15,7 +15,6 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
 from torch import autocast
 from torch import distributed as dist
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -31,6 +30,7 @@ from sadm_nnunet.diffusion.settings import PLANS_KEY, DiffusionSettings
 from sadm_nnunet.io_utils import write_json_atomic
 from sadm_nnunet.training.augmentation import healthy_image_transforms
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
+from sadm_nnunet.training.trainer_base import SADMTrainerMixin
 
 # Label names a healthy stage-I dataset may carry. nnU-Net's fingerprint needs foreground voxels, so healthy
 # datasets label the brain mask; the denoiser ignores labels.
@@ -61,7 +61,7 @@ def resolve_diffusion_settings(plans: dict, configuration: str) -> DiffusionSett
     return settings
 
 
-class SADMDiffusionTrainer(AtomicCheckpointMixin, nnUNetTrainer):
+class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
     """Trains the stage-I denoiser on a healthy nnU-Net dataset (labels must be all background)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -75,6 +75,7 @@ class SADMDiffusionTrainer(AtomicCheckpointMixin, nnUNetTrainer):
         self.noise_scheduler = make_scheduler(self.settings)
         for key in ("val_l1", "val_ssim"):
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+        self.apply_run_length()
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager, num_input_channels: int,
@@ -84,9 +85,7 @@ class SADMDiffusionTrainer(AtomicCheckpointMixin, nnUNetTrainer):
 
     # ---- network plumbing ----
     def denoiser(self) -> Denoiser:
-        """The Denoiser itself, unwrapped from DDP and torch.compile."""
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return self.unwrapped_network()
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         pass  # the denoiser has a single output
@@ -223,31 +222,18 @@ class SADMDiffusionTrainer(AtomicCheckpointMixin, nnUNetTrainer):
 
 
 class SADMDiffusionTrainer_5epochs(SADMDiffusionTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+    run_length = {"num_epochs": 5}
 
 
 class SADMDiffusionTrainer_2epochs_10its(SADMDiffusionTrainer):
     """For tests: 2 epochs of 10 iterations, a checkpoint every epoch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 10
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 1
+    run_length = {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2,
+                  "save_every": 1}
 
 
 class SADMDiffusionTrainer_3epochs_100its(SADMDiffusionTrainer):
-    """For tests: 300 iterations in 3 epochs."""
+    """For tests: 300 iterations in 3 epochs; 10 validation batches average out the random validation patches."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 3
-        self.num_iterations_per_epoch = 100
-        self.num_val_iterations_per_epoch = 10  # averages out the random validation patches
-        self.save_every = 1
+    run_length = {"num_epochs": 3, "num_iterations_per_epoch": 100, "num_val_iterations_per_epoch": 10,
+                  "save_every": 1}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -26,6 +25,7 @@ from sadm_nnunet.segmentation.settings import SADMSettings
 from sadm_nnunet.segmentation.stage1 import load_stage1_denoiser, model_folder
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
 from sadm_nnunet.training.synthetic_anomalies import SyntheticAnomalyTransform
+from sadm_nnunet.training.trainer_base import SADMTrainerMixin
 
 __all__ = [
     "SADMTrainer",
@@ -50,7 +50,7 @@ def resolve_sadm_settings(plans: dict, configuration: str) -> SADMSettings:
     return settings
 
 
-class SADMTrainer(AtomicCheckpointMixin, nnUNetTrainer):
+class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
     """nnU-Net on image + residual (or reconstruction), dataset labels plus synthetic anomalies on healthy patches."""
 
     replace_labels = False  # True: self-supervised, labels come from synthetic anomalies only
@@ -65,6 +65,7 @@ class SADMTrainer(AtomicCheckpointMixin, nnUNetTrainer):
                              f"{list(self.label_manager.foreground_labels)}; set it with sadm_nnunet_plan --set "
                              f"synthetic_anomalies.label=N")
         self.stage1_loaded = False
+        self.apply_run_length()
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager, num_input_channels: int,
@@ -74,9 +75,7 @@ class SADMTrainer(AtomicCheckpointMixin, nnUNetTrainer):
                                   enable_deep_supervision)
 
     def sadm_network(self) -> SADMNetwork:
-        """The SADMNetwork itself, unwrapped from DDP and torch.compile."""
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return self.unwrapped_network()
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         self.sadm_network().segmentation.decoder.deep_supervision = enabled
@@ -125,22 +124,14 @@ def with_transform(compose: ComposeTransforms, transform) -> ComposeTransforms:
 
 
 class SADMTrainer_5epochs(SADMTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+    run_length = {"num_epochs": 5}
 
 
 class SADMTrainer_2epochs_100its(SADMTrainer):
     """For tests: 2 epochs of 100 iterations, a checkpoint every epoch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 100
-        self.num_val_iterations_per_epoch = 10
-        self.save_every = 1
+    run_length = {"num_epochs": 2, "num_iterations_per_epoch": 100, "num_val_iterations_per_epoch": 10,
+                  "save_every": 1}
 
 
 class SADMTrainer_DRAEM(SADMTrainer):
@@ -150,19 +141,10 @@ class SADMTrainer_DRAEM(SADMTrainer):
 
 
 class SADMTrainer_DRAEM_5epochs(SADMTrainer_DRAEM):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+    run_length = SADMTrainer_5epochs.run_length
 
 
 class SADMTrainer_DRAEM_2epochs_100its(SADMTrainer_DRAEM):
     """For tests: 2 epochs of 100 iterations, a checkpoint every epoch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 100
-        self.num_val_iterations_per_epoch = 10
-        self.save_every = 1
+    run_length = SADMTrainer_2epochs_100its.run_length
