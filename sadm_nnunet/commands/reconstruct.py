@@ -4,7 +4,8 @@
 
 IMAGES holds raw images in nnU-Net naming (CASE_0000.nii.gz, CASE_0001.nii.gz, ...). They are preprocessed
 exactly as nnU-Net does for the stage-I model's plans, reconstructed slice by slice with the exported diffusion
-model (FOLD/diffusion_model, safetensors), and written per case in the input's geometry:
+model (FOLD/diffusion_model, safetensors; a cDDPM model conditions on each slice), and written per case in the
+input's geometry:
   CASE_reconstruction_XXXX.nii.gz  the reconstruction of channel XXXX, in the input's intensity units
   CASE_residual.nii.gz             |input - reconstruction| in nnU-Net z-score units (mean over channels)
   CASE_ssim.nii.gz                 1 - SSIM(input, reconstruction) (Gaussian window sigma 1, size 9)
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     num_channels = len(dataset_json["channel_names"])
     cases = find_cases(args.input, dataset_json["file_ending"], num_channels)
     args.output.mkdir(parents=True, exist_ok=True)
-    print(f"Reconstructing {len(cases)} case(s) with {base.name}/{fold_folder.name} ({options.method}, noise levels "
-          f"{list(options.noise_levels)}, {reconstructor.passes_per_slice()} network passes per slice)")
+    conditioned = ", conditioned on each slice (cDDPM)" if settings.conditioning.encoder else ""
+    print(f"Reconstructing {len(cases)} case(s) with {base.name}/{fold_folder.name} ({options.method}{conditioned}, "
+          f"noise levels {list(options.noise_levels)}, {reconstructor.passes_per_slice()} network passes per slice)")
     for case, files in tqdm(cases.items(), desc="reconstruct", unit="case"):
         pre = preprocess_case(files, plans_manager, configuration_manager, dataset_json)
         image = torch.from_numpy(pre.data).to(args.device)

@@ -2,6 +2,11 @@
 
     FOLDER/model_index.json, FOLDER/unet/, FOLDER/scheduler/   (DDPMPipeline.from_pretrained(FOLDER) works)
     FOLDER/sadm_diffusion.json                                   (our settings: intensity contract, noise, ...)
+    FOLDER/image_encoder/                                        (cDDPM only: config.json + safetensors)
+
+A cDDPM UNet loads with `UNet2DModel.from_pretrained(FOLDER / "unet")` alone, but needs `class_labels` (the image
+encoder's embedding, `ImageEncoder.from_pretrained(FOLDER / "image_encoder")`) in every call, so diffusers'
+unconditional `DDPMPipeline` sampling does not apply to it.
 """
 from __future__ import annotations
 
@@ -11,41 +16,70 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
+from sadm_nnunet.diffusion.encoder import ConditionedUNet, ImageEncoder, parts
 from sadm_nnunet.diffusion.model import make_scheduler
-from sadm_nnunet.diffusion.settings import DiffusionSettings
+from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config
 from sadm_nnunet.io_utils import atomic_folder, write_json_atomic
 
 EXPORT_FOLDER_NAME = "diffusion_model"
 SETTINGS_FILE = "sadm_diffusion.json"
+ENCODER_FOLDER = "image_encoder"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
-def save_diffusion_model(unet: UNet2DModel, settings: DiffusionSettings, folder: str | Path) -> Path:
-    """Writes the UNet, its scheduler and our settings to `folder`, atomically (the old folder stays intact until
-    the new one is complete)."""
+def save_diffusion_model(model: UNet2DModel | ConditionedUNet, settings: DiffusionSettings,
+                         folder: str | Path) -> Path:
+    """Writes the UNet, its scheduler, the cDDPM image encoder if any and our settings to `folder`, atomically (the
+    old folder stays intact until the new one is complete)."""
     folder = Path(folder)
+    unet, image_encoder = parts(model)
     with atomic_folder(folder) as tmp:
         DDPMPipeline(unet=unet, scheduler=make_scheduler(settings)).save_pretrained(tmp, safe_serialization=True)
+        if image_encoder is not None:
+            image_encoder.save_pretrained(tmp / ENCODER_FOLDER, safe_serialization=True)
         write_json_atomic(settings.to_dict(), tmp / SETTINGS_FILE)
     return folder
 
 
 def load_diffusion_model(folder: str | Path, device: torch.device | str = "cpu"
-                         ) -> tuple[UNet2DModel, DiffusionSettings]:
-    """Loads a folder written by `save_diffusion_model` (safetensors only, nothing is unpickled)."""
+                         ) -> tuple[UNet2DModel | ConditionedUNet, DiffusionSettings]:
+    """Loads a folder written by `save_diffusion_model` (safetensors only, nothing is unpickled): a `UNet2DModel`,
+    or for a cDDPM model (settings `conditioning.encoder` set) a `ConditionedUNet`, frozen and in eval mode."""
     folder = Path(folder)
     settings_file = folder / SETTINGS_FILE
-    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    for required in (settings_file, folder / "unet" / "config.json", weights):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required} is missing: {folder} is not a complete stage-I model folder "
-                                    f"(it is written at the end of `nnUNetv2_train ... -tr SADMDiffusionTrainer`)")
+    _require(folder, settings_file, folder / "unet" / "config.json", folder / "unet" / WEIGHTS_FILE)
     try:
         settings = DiffusionSettings.from_dict(json.loads(settings_file.read_text()), where=str(settings_file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{settings_file} is not valid JSON: {e}") from e
+    model = unet = _load_part(UNet2DModel, folder / "unet", "a diffusers UNet2DModel")
+    if settings.conditioning.encoder is not None:
+        encoder_folder = folder / ENCODER_FOLDER
+        _require(folder, encoder_folder / "config.json", encoder_folder / WEIGHTS_FILE)
+        expected = encoder_config(settings, dict(unet.config))
+        config = json.loads((encoder_folder / "config.json").read_text())
+        found = {k: config.get(k) for k in expected}
+        if found != expected:
+            raise ValueError(f"{encoder_folder / 'config.json'} describes the image encoder {found}; the settings in "
+                             f"{settings_file} and the UNet's config give {expected}")
+        image_encoder = _load_part(ImageEncoder, encoder_folder, "an sadm_nnunet ImageEncoder")
+        try:
+            model = ConditionedUNet(unet, image_encoder)
+        except ValueError as e:
+            raise ValueError(f"{folder} is not a consistent cDDPM model: {e}") from e
+    return model.to(device).eval().requires_grad_(False), settings
+
+
+def _require(folder: Path, *paths: Path) -> None:
+    for required in paths:
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} is missing: {folder} is not a complete stage-I model folder "
+                                    f"(it is written at the end of `nnUNetv2_train ... -tr SADMDiffusionTrainer`)")
+
+
+def _load_part(cls, path: Path, what: str):
     try:
-        unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False)
+        return cls.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as e:  # diffusers/safetensors raise several types for truncated or foreign files
-        raise RuntimeError(f"Could not load the diffusion model weights {weights}: {e}. The file is truncated or "
-                           f"not a diffusers UNet2DModel; export it again from the training's checkpoint.") from e
-    return unet.to(device).eval().requires_grad_(False), settings
+        raise RuntimeError(f"Could not load the diffusion model weights {path / WEIGHTS_FILE}: {e}. The file is "
+                           f"truncated or not {what}; export it again from the training's checkpoint.") from e

@@ -1,12 +1,14 @@
-"""The stage-I network: a diffusers `UNet2DModel` that predicts the clean slice x0, with an EMA copy for inference,
-and the noise scheduler that goes with it."""
+"""The stage-I network: a diffusers `UNet2DModel` that predicts the clean slice x0 (for cDDPM conditioned on an
+image encoder's embedding of the clean slice), with an EMA copy for inference, and the noise scheduler that goes
+with it."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler
 
-from sadm_nnunet.diffusion.settings import DiffusionSettings, unet_config
+from sadm_nnunet.diffusion.encoder import ConditionedUNet, build_model
+from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config, unet_config
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
@@ -23,16 +25,17 @@ def make_scheduler(settings: DiffusionSettings, kind: str = "ddpm") -> DDPMSched
 
 
 class Denoiser(nn.Module):
-    """A `UNet2DModel` trained to predict x0, plus an exponential moving average of its weights (`ema`).
+    """A `UNet2DModel` trained to predict x0 (with an image encoder config: a `ConditionedUNet`, cDDPM), plus an
+    exponential moving average of its weights (`ema`, encoder included).
 
     `ema` is what reconstruction uses; it takes no gradients and stays in eval mode. Both are ordinary submodules,
     so nnU-Net's checkpoints (and `--c`) carry them.
     """
 
-    def __init__(self, config: dict, ema_decay: float) -> None:
+    def __init__(self, config: dict, ema_decay: float, image_encoder: dict | None = None) -> None:
         super().__init__()
-        self.unet = UNet2DModel(**config)
-        self.ema = UNet2DModel(**config)
+        self.unet = build_model(config, image_encoder)
+        self.ema = build_model(config, image_encoder)
         self.ema.load_state_dict(self.unet.state_dict())
         self.ema.requires_grad_(False)
         self.ema_decay = float(ema_decay)
@@ -40,9 +43,15 @@ class Denoiser(nn.Module):
 
     @classmethod
     def from_settings(cls, settings: DiffusionSettings, patch_size: tuple[int, ...], num_channels: int) -> "Denoiser":
-        return cls(unet_config(settings, patch_size, num_channels), settings.training.ema_decay)
+        config = unet_config(settings, patch_size, num_channels)
+        return cls(config, settings.training.ema_decay, encoder_config(settings, config))
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The x0 prediction. `clean` (the un-noised slices) is what a cDDPM denoiser's image encoder embeds; an
+        unconditioned denoiser does not use it."""
+        if isinstance(self.unet, ConditionedUNet):
+            return self.unet(noisy, timesteps, clean)
         return self.unet(noisy, timesteps).sample
 
     def train(self, mode: bool = True) -> "Denoiser":

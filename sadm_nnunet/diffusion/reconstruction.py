@@ -3,7 +3,10 @@
 Input and output are nnU-Net-normalised (z-scored) images. A 4D tensor (N, C, H, W) is a stack of slices; a 5D
 tensor (B, C, D, H, W) is reconstructed slice by slice along D. Noise is drawn from a generator seeded with the
 settings' seed for every call, so the same input always gives the same reconstruction (sliding-window inference
-and mirroring call this once per tile and flip).
+and mirroring call this once per tile and flip). A cDDPM denoiser (`ConditionedUNet`) is conditioned on its image
+encoder's embedding of the whole input slice, for every method; with `patch_grid > 1` too, where the UNet sees the
+whole slice with one tile noised, the encoder sees the whole un-noised slice (one embedding per slice, reused for
+every tile, noise level and step).
 """
 from __future__ import annotations
 
@@ -11,26 +14,29 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
+from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
 from sadm_nnunet.diffusion.model import SCHEDULERS, make_scheduler
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.settings import DiffusionSettings, ReconstructionSettings
 
 
 class Reconstructor:
-    """Reconstructs images with a trained x0-predicting `UNet2DModel` according to `ReconstructionSettings`.
+    """Reconstructs images with a trained x0-predicting `UNet2DModel` (or cDDPM `ConditionedUNet`) according to
+    `ReconstructionSettings`.
 
     Methods: `single_step` (default; one network pass per noise level, averaged over the levels), `iterative`
     (denoise from each level down to 0 with a DDPM or DDIM sampler in `num_steps` steps) and, for either,
     `patch_grid > 1` (pDDPM: noise one tile of the grid at a time, keep the prediction inside the tile).
     """
 
-    def __init__(self, unet: UNet2DModel, settings: DiffusionSettings,
+    def __init__(self, model: UNet2DModel | ConditionedUNet, settings: DiffusionSettings,
                  reconstruction: ReconstructionSettings | None = None) -> None:
-        self.unet = unet
+        self.model = model
+        self.unet, self.image_encoder = parts(model)
         self.settings = settings
         self.options = reconstruction if reconstruction is not None else settings.reconstruction
         self.scheduler = make_scheduler(settings, "ddpm")
-        self.divisor = 2 ** (len(unet.config.block_out_channels) - 1)
+        self.divisor = 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def passes_per_slice(self) -> int:
         """Number of network evaluations per slice for the configured method."""
@@ -61,12 +67,12 @@ class Reconstructor:
         if images.shape[1] != expected:
             raise ValueError(f"The diffusion model was trained on {expected} image channel(s); the input has "
                              f"{images.shape[1]} (shape {tuple(images.shape)})")
-        was_training = self.unet.training
-        self.unet.eval()
+        was_training = self.model.training
+        self.model.eval()
         try:
             return reconstruct(images)
         finally:
-            self.unet.train(was_training)
+            self.model.train(was_training)
 
     def _padded_model_space(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
@@ -81,7 +87,7 @@ class Reconstructor:
         out = torch.empty_like(x0)
         for start in range(0, n, self.options.batch_size):  # in chunks, as the seeded path: bounded peak memory
             sl = slice(start, start + self.options.batch_size)
-            out[sl] = self.unet(noisy[sl], levels[sl].to(x0.device)).sample
+            out[sl] = self._predict(noisy[sl], levels[sl].to(x0.device), self._embed(x0[sl]))
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,26 +95,34 @@ class Reconstructor:
         x0 = self._padded_model_space(images)
         generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
         total = torch.zeros_like(x0)
+        chunks = [slice(start, start + self.options.batch_size) for start in range(0, n, self.options.batch_size)]
+        embeddings = [self._embed(x0[sl]) for sl in chunks]
         for level in self.options.noise_levels:
             noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
-            for start in range(0, n, self.options.batch_size):
-                sl = slice(start, start + self.options.batch_size)
-                total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator)
+            for sl, embedding in zip(chunks, embeddings):
+                total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator, embedding)
         out = total / len(self.options.noise_levels)
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
-    def _reconstruct_level(self, x0: torch.Tensor, noise: torch.Tensor, level: int,
-                           generator: torch.Generator) -> torch.Tensor:
+    def _embed(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """The cDDPM image encoder's embedding of the (padded, model-space) input slices; None if unconditioned."""
+        return None if self.image_encoder is None else self.image_encoder(x0)
+
+    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+        return self.unet(x, timesteps, class_labels=embedding).sample
+
+    def _reconstruct_level(self, x0: torch.Tensor, noise: torch.Tensor, level: int, generator: torch.Generator,
+                           embedding: torch.Tensor | None) -> torch.Tensor:
         grid = self.options.patch_grid
         if grid == 1:
-            return self._denoise(x0, noise, level, None, generator)
+            return self._denoise(x0, noise, level, None, generator, embedding)
         h, w = x0.shape[-2:]
         out = torch.zeros_like(x0)
         for i in range(grid):
             for j in range(grid):
                 mask = torch.zeros((1, 1, h, w), device=x0.device, dtype=x0.dtype)
                 mask[..., i * h // grid:(i + 1) * h // grid, j * w // grid:(j + 1) * w // grid] = 1
-                out += mask * self._denoise(x0, noise, level, mask, generator)
+                out += mask * self._denoise(x0, noise, level, mask, generator, embedding)
         return out
 
     def _timesteps(self, level: int) -> tuple[list[int], int]:
@@ -121,14 +135,15 @@ class Reconstructor:
         return (list(range(start, 0, -stride)) or [0]), num_inference_steps
 
     def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, level: int, mask: torch.Tensor | None,
-                 generator: torch.Generator) -> torch.Tensor:
-        """Noises x0 to `level` (only inside `mask` when given) and predicts the clean image."""
+                 generator: torch.Generator, embedding: torch.Tensor | None) -> torch.Tensor:
+        """Noises x0 to `level` (only inside `mask` when given) and predicts the clean image (conditioned on
+        `embedding` for cDDPM)."""
         def noised(t: int) -> torch.Tensor:
             xt = noised_to(self.scheduler, x0, noise, t)
             return xt if mask is None else mask * xt + (1 - mask) * x0
 
         def predict(x: torch.Tensor, t: int) -> torch.Tensor:
-            return self.unet(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).sample
+            return self._predict(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), embedding)
 
         if self.options.method == "single_step":
             return predict(noised(level), level)

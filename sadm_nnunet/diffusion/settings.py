@@ -18,6 +18,8 @@ TEMPLATE_NAME = "sadm_diffusion.json"
 NOISE_KINDS = ("simplex", "gaussian")
 RECONSTRUCTION_METHODS = ("single_step", "iterative")
 SAMPLERS = ("ddpm", "ddim")
+IMAGE_ENCODERS = ("conv",)  # cDDPM's image encoders (conditioning.encoder); null: unconditioned DDPM
+ENCODER_NORM_GROUPS = 8  # GroupNorm groups of the image encoder's layers
 
 
 def load_template(name: str = TEMPLATE_NAME) -> dict:
@@ -68,6 +70,14 @@ class UNetSettings:
 
 
 @dataclass(frozen=True)
+class ConditioningSettings:
+    """cDDPM: an image encoder's embedding of the clean slice added to the denoiser's time embedding."""
+    encoder: str | None
+    base_channels: int
+    levels: int
+
+
+@dataclass(frozen=True)
 class TrainingSettings:
     learning_rate: float
     weight_decay: float
@@ -93,6 +103,7 @@ class DiffusionSettings:
     intensity_scale: float
     noise: NoiseSettings
     unet: UNetSettings
+    conditioning: ConditioningSettings
     training: TrainingSettings
     reconstruction: ReconstructionSettings
 
@@ -106,6 +117,7 @@ class DiffusionSettings:
             intensity_scale=float(full["intensity_scale"]),
             noise=build_dataclass(NoiseSettings, full["noise"], f"{where}.noise"),
             unet=build_dataclass(UNetSettings, full["unet"], f"{where}.unet"),
+            conditioning=build_dataclass(ConditioningSettings, full["conditioning"], f"{where}.conditioning"),
             training=build_dataclass(TrainingSettings, full["training"], f"{where}.training"),
             reconstruction=build_dataclass(ReconstructionSettings, full["reconstruction"], f"{where}.reconstruction"),
         )
@@ -143,6 +155,12 @@ class DiffusionSettings:
         check(u.max_channels >= u.base_channels, "unet.max_channels", u.max_channels,
               f">= unet.base_channels ({u.base_channels})")
         check(u.max_levels >= 2, "unet.max_levels", u.max_levels, "an integer >= 2")
+        c = self.conditioning
+        check(c.encoder is None or c.encoder in IMAGE_ENCODERS, "conditioning.encoder", c.encoder,
+              f"null (unconditioned) or one of {IMAGE_ENCODERS}")
+        check(c.base_channels >= 1 and c.base_channels % ENCODER_NORM_GROUPS == 0, "conditioning.base_channels",
+              c.base_channels, f"a positive multiple of {ENCODER_NORM_GROUPS}")
+        check(c.levels >= 1, "conditioning.levels", c.levels, "an integer >= 1")
         r = self.reconstruction
         check(r.method in RECONSTRUCTION_METHODS, "reconstruction.method", r.method,
               f"one of {RECONSTRUCTION_METHODS}")
@@ -206,7 +224,7 @@ def unet_config(settings: DiffusionSettings, patch_size: tuple[int, ...], num_ch
     n_attn = min(u.attention_levels, levels)
     down = tuple("AttnDownBlock2D" if i >= levels - n_attn else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i < n_attn else "UpBlock2D" for i in range(levels))
-    return {
+    config = {
         "sample_size": tuple(int(p) for p in patch_size),
         "in_channels": int(num_channels),
         "out_channels": int(num_channels),
@@ -217,3 +235,22 @@ def unet_config(settings: DiffusionSettings, patch_size: tuple[int, ...], num_ch
         "norm_num_groups": u.norm_num_groups,
         "attention_head_dim": 8,
     }
+    if settings.conditioning.encoder is not None:
+        config["class_embed_type"] = "identity"  # UNet2DModel adds class_labels (B, time_embed_dim) to temb
+    return config
+
+
+def time_embedding_dim(unet: dict) -> int:
+    """The time-embedding width of a `UNet2DModel` config (diffusers' rule: time_embedding_dim, else
+    4 * block_out_channels[0]), which the cDDPM image embedding must match."""
+    return int(unet.get("time_embedding_dim") or 4 * unet["block_out_channels"][0])
+
+
+def encoder_config(settings: DiffusionSettings, unet: dict) -> dict | None:
+    """`ImageEncoder` constructor arguments for a denoiser's `UNet2DModel` config, or None when the settings
+    describe an unconditioned DDPM."""
+    c = settings.conditioning
+    if c.encoder is None:
+        return None
+    return {"in_channels": int(unet["in_channels"]), "embedding_dim": time_embedding_dim(unet),
+            "base_channels": c.base_channels, "levels": c.levels}

@@ -13,7 +13,9 @@ from diffusers import UNet2DModel
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from sadm_nnunet.diffusion.encoder import ConditionedUNet, build_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
+from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.segmentation.settings import SADMSettings
 
 
@@ -21,13 +23,15 @@ class SADMNetwork(nn.Module):
     """`segmentation(cat([image, second]))` with second = image - reconstruction ('image+residual') or the
     reconstruction ('image+reconstruction').
 
-    The denoiser is frozen (no gradients, never in an optimizer) and stays in eval mode when nnU-Net calls
+    The denoiser (a `UNet2DModel`, or for a cDDPM stage-I model a `ConditionedUNet` with its image encoder) is
+    frozen (no gradients, never in an optimizer) and stays in eval mode when nnU-Net calls
     `train()`. In training mode with `training_noise_level == 'uniform'` each sample is reconstructed from a random
     noise level (augmentation); in eval mode the reconstruction is the seeded, deterministic ensemble, so sliding-
     window tiles and mirrored copies see consistent reconstructions.
     """
 
-    def __init__(self, denoiser: UNet2DModel, settings: SADMSettings, segmentation: nn.Module) -> None:
+    def __init__(self, denoiser: UNet2DModel | ConditionedUNet, settings: SADMSettings,
+                 segmentation: nn.Module) -> None:
         super().__init__()
         self.denoiser = denoiser.requires_grad_(False).eval()
         self.segmentation = segmentation
@@ -100,4 +104,5 @@ def build_sadm_network(settings: SADMSettings, configuration_manager, num_input_
         allow_init=True,
         deep_supervision=enable_deep_supervision,
     )
-    return SADMNetwork(UNet2DModel(**settings.denoiser), settings, segmentation)
+    denoiser = build_model(settings.denoiser, encoder_config(settings.diffusion, settings.denoiser))
+    return SADMNetwork(denoiser, settings, segmentation)

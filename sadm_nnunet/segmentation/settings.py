@@ -3,7 +3,8 @@
 `sadm_nnunet_plan` writes the block `configurations/<name>/sadm` (template: plans/sadm.json). Besides the user's
 settings it records the stage-I model (`stage1`), that model's settings (`diffusion`) and its UNet2DModel
 architecture (`denoiser`), so that the static network builder nnU-Net calls at prediction time can rebuild the
-whole network from the plans alone; the weights come from the checkpoint.
+whole network from the plans alone; the weights come from the checkpoint. For a cDDPM stage-I model the image
+encoder's architecture follows from `diffusion.conditioning` and `denoiser` (`encoder_config`).
 """
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
+from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
+from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model
 
 STAGE1_TRAINER_PREFIX = "SADMDiffusionTrainer"
@@ -56,22 +58,32 @@ def find_stage1_model(dataset: str, trainer: str | None, plans: str, configurati
     return Stage1Model(dataset, candidates[0], plans, configuration, str(fold))
 
 
-def load_stage1_denoiser(settings: SADMSettings, device: torch.device | str = "cpu") -> UNet2DModel:
-    """The stage-I denoiser (EMA weights) that `settings` records, checked against the recorded architecture."""
+def load_stage1_denoiser(settings: SADMSettings, device: torch.device | str = "cpu"
+                         ) -> UNet2DModel | ConditionedUNet:
+    """The stage-I denoiser (EMA weights, with its image encoder for cDDPM) that `settings` records, checked
+    against the recorded architecture."""
     folder = model_folder(settings.stage1)
-    unet, _ = load_diffusion_model(folder, device)
-    found = denoiser_config(unet)
-    if found != normalised(settings.denoiser):
+    model, _ = load_diffusion_model(folder, device)
+    _, image_encoder = parts(model)
+    recorded_encoder = encoder_config(settings.diffusion, settings.denoiser)
+    found = (denoiser_config(model), None if image_encoder is None else config_of(image_encoder))
+    expected = (normalised(settings.denoiser), None if recorded_encoder is None else normalised(recorded_encoder))
+    if found != expected:
         raise ValueError(
             f"The stage-I model at {folder} no longer matches the one recorded in the plans (architecture "
-            f"{found} vs {normalised(settings.denoiser)}); it was retrained with other settings. Run "
+            f"{found} vs {expected}, as (UNet, image encoder)); it was retrained with other settings. Run "
             f"sadm_nnunet_plan again and retrain stage II.")
-    return unet
+    return model
 
 
-def denoiser_config(unet: UNet2DModel) -> dict:
-    """The UNet2DModel constructor arguments of a model (diffusers' private config keys left out)."""
-    return normalised({k: v for k, v in unet.config.items() if not k.startswith("_")})
+def denoiser_config(model: UNet2DModel | ConditionedUNet) -> dict:
+    """The UNet2DModel constructor arguments of a denoiser's UNet (diffusers' private config keys left out)."""
+    return config_of(parts(model)[0])
+
+
+def config_of(model) -> dict:
+    """The constructor arguments of a diffusers model (its private config keys left out)."""
+    return normalised({k: v for k, v in model.config.items() if not k.startswith("_")})
 
 
 def normalised(config: dict) -> dict:

@@ -4,10 +4,14 @@ Reuses nnU-Net's planning, preprocessed data, data loading, logging, checkpointi
 network (a diffusers UNet2DModel predicting x0, with EMA), the objective (L1 between predicted and clean slice at a
 random noise level, simplex or Gaussian noise) and validation (reconstruction L1/SSIM at the test noise levels; the
 "pseudo dice" curve of progress.png and the choice of checkpoint_best use the validation SSIM).
+
+`SADMDiffusionTrainer_cDDPM` trains the conditioned variant: an image encoder, trained jointly with the UNet,
+embeds the clean slice and its embedding is added to the UNet's time embedding (see diffusion/encoder.py).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import List
 
 import numpy as np
@@ -41,12 +45,21 @@ __all__ = [
     "SADMDiffusionTrainer_5epochs",
     "SADMDiffusionTrainer_2epochs_10its",
     "SADMDiffusionTrainer_3epochs_100its",
+    "SADMDiffusionTrainer_cDDPM",
+    "SADMDiffusionTrainer_cDDPM_5epochs",
+    "SADMDiffusionTrainer_cDDPM_2epochs_10its",
 ]
 
+KEEP = "keep"  # resolve_diffusion_settings: keep the plans' conditioning.encoder as it is
 
-def resolve_diffusion_settings(plans: dict, configuration: str) -> DiffusionSettings:
+
+def resolve_diffusion_settings(plans: dict, configuration: str, image_encoder: str | None = KEEP,
+                               trainer: str = "SADMDiffusionTrainer") -> DiffusionSettings:
     """Validated stage-I settings of a configuration (template defaults + the plans' block); writes the complete
-    block back into `plans`, so the plans.json nnU-Net copies into the results folder records every setting."""
+    block back into `plans`, so the plans.json nnU-Net copies into the results folder records every setting.
+
+    `image_encoder` is the conditioning the trainer trains (None: unconditioned DDPM, 'conv': cDDPM); it replaces
+    the plans' `conditioning.encoder` when that is null, and a different non-null value there is an error."""
     if configuration not in plans.get("configurations", {}):
         raise KeyError(f"Configuration '{configuration}' is not in the plans of {plans.get('dataset_name')}; "
                        f"available: {sorted(plans.get('configurations', {}))}")
@@ -57,6 +70,15 @@ def resolve_diffusion_settings(plans: dict, configuration: str) -> DiffusionSett
             f"{plans.get('dataset_name')} has the 3D patch size {list(resolved.patch_size)}. "
             f"Run it with a 2D configuration: nnUNetv2_train DATASET 2d FOLD -tr SADMDiffusionTrainer")
     settings = DiffusionSettings.from_configuration(resolved.configuration)
+    planned = settings.conditioning.encoder
+    if image_encoder != KEEP and planned != image_encoder:
+        if planned is not None:
+            raise ValueError(
+                f"The plans of {plans.get('dataset_name')} set {PLANS_KEY}.conditioning.encoder to {planned!r} "
+                f"(configuration '{configuration}'), but {trainer} trains "
+                f"{'an unconditioned DDPM' if image_encoder is None else f'with encoder {image_encoder!r}'}. Use "
+                f"-tr SADMDiffusionTrainer_cDDPM for the conditioned model, or set conditioning.encoder=null.")
+        settings = replace(settings, conditioning=replace(settings.conditioning, encoder=image_encoder))
     plans["configurations"][configuration][PLANS_KEY] = settings.to_dict()
     return settings
 
@@ -64,9 +86,11 @@ def resolve_diffusion_settings(plans: dict, configuration: str) -> DiffusionSett
 class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
     """Trains the stage-I denoiser on a healthy nnU-Net dataset (labels must be all background)."""
 
+    image_encoder: str | None = None  # cDDPM conditioning this trainer trains (conditioning.encoder)
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        self.settings = resolve_diffusion_settings(plans, configuration)
+        self.settings = resolve_diffusion_settings(plans, configuration, self.image_encoder, type(self).__name__)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.settings.training.learning_rate
         self.weight_decay = self.settings.training.weight_decay
@@ -141,7 +165,7 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            prediction = self.network(noisy, t)
+            prediction = self.network(noisy, t, x0)  # x0: what a cDDPM denoiser's image encoder embeds
         loss = self.loss(prediction.float(), x0)
         clip = self.settings.training.grad_clip
         if self.grad_scaler is not None:
@@ -237,3 +261,20 @@ class SADMDiffusionTrainer_3epochs_100its(SADMDiffusionTrainer):
 
     run_length = {"num_epochs": 3, "num_iterations_per_epoch": 100, "num_val_iterations_per_epoch": 10,
                   "save_every": 1}
+
+
+class SADMDiffusionTrainer_cDDPM(SADMDiffusionTrainer):
+    """cDDPM: the denoiser is conditioned on a convolutional image encoder's embedding of the clean slice (added to
+    the time embedding), trained jointly from scratch; reconstruction conditions on the slice it reconstructs."""
+
+    image_encoder = "conv"
+
+
+class SADMDiffusionTrainer_cDDPM_5epochs(SADMDiffusionTrainer_cDDPM):
+    run_length = SADMDiffusionTrainer_5epochs.run_length
+
+
+class SADMDiffusionTrainer_cDDPM_2epochs_10its(SADMDiffusionTrainer_cDDPM):
+    """For tests: 2 epochs of 10 iterations, a checkpoint every epoch."""
+
+    run_length = SADMDiffusionTrainer_2epochs_10its.run_length
