@@ -1,9 +1,10 @@
-# One-line set-up for a fresh machine: `make test` installs everything into .venv and runs the tests.
+# One-line set-up for a fresh machine: `make demo` installs everything into .venv and runs sadm_nnunet_demo;
+# `make test` installs everything and runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install test benchmark
+.PHONY: install test demo demo-quick benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,13 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest -q tests
 
+demo: install
+	$(BIN)/sadm_nnunet_demo
+
+demo-quick: install
+	$(BIN)/sadm_nnunet_demo --quick
+
 benchmark: install
 	$(BIN)/python benchmarks/stage1_benchmark.py --quick
 	$(BIN)/python benchmarks/stage2_benchmark.py --quick
+	$(BIN)/python benchmarks/quality_benchmark.py --quick --workdir /tmp/sadm_quality_quick

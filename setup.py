@@ -65,7 +65,9 @@ setup(
         "sadm_nnunet.commands",
         "sadm_nnunet.nnunet_ext",
         "sadm_nnunet.datasets",
+        "sadm_nnunet.datasets.converters",
         "sadm_nnunet.segmentation",
+        "sadm_nnunet.experiment",
         "sadm_nnunet.plans",
     ],
     # The JSON templates live in the top-level plans/ folder and are installed as sadm_nnunet.plans.
@@ -89,6 +91,8 @@ setup(
         "tqdm>=4.60",
         # sadm_nnunet_evaluate --figures: per-case PNGs and the contact sheet (Agg backend, no display needed).
         "matplotlib>=3.5",
+        # sadm_nnunet_demo builds its cohort from the MNI152 template that ships inside the nilearn wheel.
+        "nilearn>=0.10",
     ],
     # scikit-learn: independent reference implementation of AUPRC/AUROC that the evaluation tests compare against.
     extras_require={"test": ["pytest>=7", "scikit-learn>=1.2"]},
@@ -101,6 +105,8 @@ setup(
             "sadm_nnunet_reconstruct=sadm_nnunet.commands.reconstruct:main",
             "sadm_nnunet_evaluate=sadm_nnunet.commands.evaluate:main",
             "sadm_nnunet_score=sadm_nnunet.commands.score:main",
+            "sadm_nnunet_convert=sadm_nnunet.commands.convert:main",
+            "sadm_nnunet_demo=sadm_nnunet.commands.demo:main",
         ]
     },
 )

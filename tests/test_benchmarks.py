@@ -33,3 +33,16 @@ def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
         assert training[trainer]["median_s_per_train_step"] > 0 and training[trainer]["peak_rss_mib"] > 0
     assert training["SADMBenchTrainer"]["median_reconstruction_s"] > 0
     assert set(results["prediction"]["variants"]) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer"}
+
+
+def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
+    stdout, results = run_quick("quality_benchmark.py", tmp_path)
+    rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "sadm_draem"}
+    assert set(results["summary"]) == rows and results["seeds"] == [0]
+    for method in rows:
+        assert set(results["summary"][method]) == {"tumour", "ms", "stroke", "healthy"}
+        for kind in ("tumour", "ms", "stroke"):
+            best = results["summary"][method][kind]["best_dice"]
+            assert 0.0 <= best["mean"] <= 1.0 and best["seeds"] == 1 and best["std"] == 0.0
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in table[0]

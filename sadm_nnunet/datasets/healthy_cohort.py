@@ -30,17 +30,35 @@ def load_brains(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return brains
 
 
-def random_subject(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, zoom: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """A randomly deformed, bias-corrupted, gamma-changed and resampled copy of one brain (and its mask)."""
+def smooth_displacement(shape: tuple[int, ...], rng: np.random.Generator, amplitude: float, cells: int = 4
+                        ) -> np.ndarray:
+    """(3, *shape) smooth random displacement field, voxels: cubic upsampling of a `cells`^3 grid of N(0, amplitude)
+    vectors per axis (a few anatomical-scale bends, no folding for amplitudes well below shape / cells)."""
+    return np.stack([ndimage.zoom(rng.normal(0, amplitude, size=(cells,) * 3), np.array(shape) / cells,
+                                  order=3, mode="nearest")[tuple(slice(0, s) for s in shape)] for _ in range(3)])
+
+
+def random_subject(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, zoom: float,
+                   deformation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly deformed, bias-corrupted, gamma-changed and resampled copy of one brain (and its mask).
+
+    Deformation: a random rotation (+-8 degrees), per-axis scaling (0.93-1.07) and shift, and, with `deformation`
+    > 0, a smooth non-linear displacement of about that many voxels (`smooth_displacement`)."""
     angle = np.deg2rad(rng.uniform(-8, 8))
     scale = rng.uniform(0.93, 1.07, size=3)
     rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
     matrix = rot @ np.diag(1 / scale)
     centre = (np.array(image.shape) - 1) / 2
     offset = centre - matrix @ centre + rng.uniform(-2, 2, size=3)
-    warped = ndimage.affine_transform(image, matrix, offset=offset, order=1)
-    warped_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset=offset, order=1) > 0.5
+    if deformation > 0:
+        grid = np.indices(image.shape, dtype=np.float32)
+        coords = np.einsum("ij,j...->i...", matrix, grid) + offset.reshape(3, 1, 1, 1)
+        coords += smooth_displacement(image.shape, rng, deformation)
+        warped = ndimage.map_coordinates(image, coords, order=1)
+        warped_mask = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1) > 0.5
+    else:
+        warped = ndimage.affine_transform(image, matrix, offset=offset, order=1)
+        warped_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset=offset, order=1) > 0.5
     bias = np.exp(ndimage.zoom(rng.normal(0, 0.12, size=(3, 3, 3)), np.array(image.shape) / 3, order=3))
     warped = np.clip(warped, 0, None) ** rng.uniform(0.8, 1.25) * bias[tuple(slice(0, s) for s in image.shape)]
     warped[~warped_mask] = 0

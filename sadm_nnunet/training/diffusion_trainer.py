@@ -42,6 +42,8 @@ HEALTHY_LABEL_NAMES = frozenset({"background", "brain"})
 
 __all__ = [
     "SADMDiffusionTrainer",
+    "SADMDiffusionTrainer_1epoch",
+    "SADMDiffusionTrainer_2epochs",
     "SADMDiffusionTrainer_5epochs",
     "SADMDiffusionTrainer_2epochs_10its",
     "SADMDiffusionTrainer_3epochs_100its",
@@ -243,6 +245,14 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
         for m, v in mean.items():
             self.logger.log_summary(f"final_val/reconstruction_{m}", v)
         self.print_to_log_file(f"Validation complete: {mean}")
+
+
+class SADMDiffusionTrainer_1epoch(SADMDiffusionTrainer):
+    run_length = {"num_epochs": 1}
+
+
+class SADMDiffusionTrainer_2epochs(SADMDiffusionTrainer):
+    run_length = {"num_epochs": 2}
 
 
 class SADMDiffusionTrainer_5epochs(SADMDiffusionTrainer):

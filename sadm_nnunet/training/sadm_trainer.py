@@ -29,9 +29,11 @@ from sadm_nnunet.training.trainer_base import SADMTrainerMixin
 
 __all__ = [
     "SADMTrainer",
+    "SADMTrainer_1epoch",
     "SADMTrainer_5epochs",
     "SADMTrainer_2epochs_100its",
     "SADMTrainer_DRAEM",
+    "SADMTrainer_DRAEM_1epoch",
     "SADMTrainer_DRAEM_5epochs",
     "SADMTrainer_DRAEM_2epochs_100its",
 ]
@@ -123,6 +125,12 @@ def with_transform(compose: ComposeTransforms, transform) -> ComposeTransforms:
     return compose
 
 
+class SADMTrainer_1epoch(SADMTrainer):
+    """One epoch of 250 iterations, like nnU-Net's nnUNetTrainer_1epoch (same-length comparisons; the quick demo)."""
+
+    run_length = {"num_epochs": 1}
+
+
 class SADMTrainer_5epochs(SADMTrainer):
     run_length = {"num_epochs": 5}
 
@@ -138,6 +146,10 @@ class SADMTrainer_DRAEM(SADMTrainer):
     """Self-supervised stage II: every training patch gets a synthetic anomaly; the dataset's labels are ignored."""
 
     replace_labels = True
+
+
+class SADMTrainer_DRAEM_1epoch(SADMTrainer_DRAEM):
+    run_length = SADMTrainer_1epoch.run_length
 
 
 class SADMTrainer_DRAEM_5epochs(SADMTrainer_DRAEM):

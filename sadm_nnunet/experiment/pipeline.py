@@ -1,0 +1,233 @@
+"""The comparison experiment through the real commands: stage I on healthy subjects, SADM and plain nnU-Net on a
+small labelled set, prediction, scoring and evaluation on seen, unseen and healthy test sets.
+
+    cohort -> nnUNetv2_plan_and_preprocess -> sadm_nnunet_plan_diffusion -> nnUNetv2_train HEALTHY 2d all
+    -> sadm_nnunet_plan LABELLED --ddpm HEALTHY -> nnUNetv2_train LABELLED 2d_sadm FOLD -tr SADMTrainer...
+    -> nnUNetv2_train LABELLED 2d FOLD -tr nnUNetTrainer...  [-> ... -tr SADMTrainer_DRAEM...]
+    -> nnUNetv2_predict --save_probabilities (each model, every evaluation case) -> sadm_nnunet_score
+    -> evaluation per method and set (threshold chosen on the seen kind's validation set) -> table and figures
+
+Methods (rows): the unsupervised reconstruction baseline (1 - SSIM between image and the stage-I reconstruction,
+median filtered: sadm_nnunet_score's CASE_unsupervised), nnU-Net on the image alone (its foreground probability),
+SADM (the fused score of sadm_nnunet_score: beta * unsupervised + (1 - beta) * SADM's foreground probability),
+SADM's segmentation alone (its foreground probability), and optionally SADM trained self-supervised on synthetic
+anomalies only (SADMTrainer_DRAEM, fused score). Every step is resumable (`steps.Steps`).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sadm_nnunet.experiment.cohort import VALIDATION, Cohort, CohortSpec, build_cohort, load_cohort
+from sadm_nnunet.experiment.steps import Steps, clean_env
+from sadm_nnunet.io_utils import write_json_atomic
+
+SADM_CONFIGURATION = "2d_sadm"
+PLAIN_CONFIGURATION = "2d"
+REPORTED = ("best_dice", "auprc", "dice_at_threshold")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the table: which model's score folder, which score files."""
+    key: str
+    label: str
+    scores: str          # folder under scores/
+    suffix: str          # score files CASE{suffix}.nii.gz
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    cohort: CohortSpec
+    stage1_trainer: str
+    sadm_trainer: str
+    plain_trainer: str
+    draem_trainer: str | None = None
+    denoiser_overrides: tuple[str, ...] = ()   # sadm_nnunet_plan_diffusion --set ...
+    sadm_overrides: tuple[str, ...] = ()       # sadm_nnunet_plan --set ...
+    fold: str = "all"
+    device: str = "cpu"
+    figures: bool = True
+    extra: dict = field(default_factory=dict)  # recorded only (e.g. the source of the brains)
+
+    def methods(self) -> list[Method]:
+        rows = [Method("unsupervised", "Unsupervised reconstruction (1 - SSIM)", "sadm", "_unsupervised"),
+                Method("nnunet", "nnU-Net, image only", "nnunet", "_probability"),
+                Method("sadm", "SADM, image + residual (fused score)", "sadm", "_score"),
+                Method("sadm_segmentation", "SADM, segmentation output only", "sadm", "_probability")]
+        if self.draem_trainer:
+            rows.append(Method("sadm_draem", "SADM self-supervised (DRAEM anomalies, fused)", "sadm_draem",
+                               "_score"))
+        return rows
+
+
+def _train_resume(fold_folder: Path) -> Callable[[], list]:
+    """nnU-Net's --c when an interrupted training left a checkpoint."""
+    return lambda: ["--c"] if (fold_folder / "checkpoint_latest.pth").is_file() else []
+
+
+def write_probability_maps(predictions: Path, out: Path, suffix: str = "_probability") -> int:
+    """CASE{suffix}.nii.gz = foreground probability (1 - p(background)) from nnUNetv2_predict's CASE.npz, in the
+    input's geometry (CASE.pkl's properties; plans.json/dataset.json that nnUNetv2_predict writes beside them)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from sadm_nnunet.commands.score import load_foreground_probability
+    from sadm_nnunet.nnunet_cases import write_volumes
+
+    plans = PlansManager(json.loads((predictions / "plans.json").read_text()))
+    dataset_json = json.loads((predictions / "dataset.json").read_text())
+    label_manager = plans.get_label_manager(dataset_json)
+    cases = sorted(p.name[:-len(".npz")] for p in predictions.glob("*.npz"))
+    if not cases:
+        raise FileNotFoundError(f"no CASE.npz in {predictions}; was nnUNetv2_predict run with --save_probabilities?")
+    for case in cases:
+        with open(predictions / f"{case}.pkl", "rb") as f:
+            properties = pickle.load(f)
+        shape = tuple(int(s) for s in properties["shape_before_cropping"])
+        p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape)
+        write_volumes(out, case, {suffix.lstrip("_"): p_fg}, dataset_json["file_ending"], properties)
+    return len(cases)
+
+
+def evaluate_method(cohort: Cohort, method: Method, scores_root: Path) -> dict:
+    """The evaluation report of one method on every test set, the threshold chosen on the validation set (Dice
+    pooled over its cases); only the brain (the nonzero region of the image) is evaluated."""
+    from sadm_nnunet.evaluation import evaluate, load_case
+
+    folder = scores_root / method.scores
+
+    def ranked(evaluation_set: str) -> dict:
+        labels = cohort.labels(evaluation_set)
+        return {case: load_case(case, labels / f"{case}.nii.gz", folder / f"{case}{method.suffix}.nii.gz",
+                                cohort.images) for case in cohort.sets[evaluation_set]}
+
+    validation = ranked(VALIDATION)
+    return {evaluation_set: evaluate(ranked(evaluation_set), validation)
+            for evaluation_set in cohort.spec.test_sets}
+
+
+def results_table(spec: ExperimentSpec, reports: dict[str, dict]) -> str:
+    """Markdown: one row per method; per lesion set ⌈Dice⌉, AUPRC and Dice at the validation threshold (mean over
+    cases), and the fraction of healthy brain voxels flagged at that threshold."""
+    cohort = spec.cohort
+    header = ["method"]
+    for s in cohort.test_sets:
+        if s == "healthy":
+            header.append("healthy: FPR")
+            continue
+        role = "seen" if s == cohort.seen_kind else "unseen"
+        header += [f"{s} ({role}): ⌈Dice⌉", "AUPRC", "Dice@thr"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in spec.methods():
+        cells = [method.label]
+        for s in cohort.test_sets:
+            mean = reports[method.key][s]["mean"]
+            keys = ("fpr_healthy",) if s == "healthy" else REPORTED
+            cells += ["n/a" if mean[k] is None else f"{mean[k]:.3f}" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tuple[list, list]], out=None) -> dict:
+    """Runs (or resumes) the experiment in `workdir`; returns {"reports", "table", "figures"}. `brains()` returns
+    (training brains, test brains), called only when the cohort has to be built."""
+    import sys
+
+    out = out or sys.stdout
+    workdir = Path(workdir).resolve()
+    raw, preprocessed, results = workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed", workdir / "nnUNet_results"
+    evaluation, predictions, scores = workdir / "evaluation", workdir / "predictions", workdir / "scores"
+    env = clean_env(raw, preprocessed, results)
+    c = spec.cohort
+    models = [("sadm", SADM_CONFIGURATION, spec.sadm_trainer), ("nnunet", PLAIN_CONFIGURATION, spec.plain_trainer)]
+    if spec.draem_trainer:
+        models.append(("sadm_draem", SADM_CONFIGURATION, spec.draem_trainer))
+    sadm_models = [m for m in models if m[1] == SADM_CONFIGURATION]
+    total = 5 + 2 * len(models) + len(sadm_models) + 2 + int(spec.figures)
+    steps = Steps(workdir, env, total, out)
+
+    def fold_folder(dataset: str, trainer: str, configuration: str, fold: str) -> Path:
+        return results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+
+    def make_cohort() -> dict:
+        training, test = brains()
+        built = build_cohort(c, training, test, raw, evaluation)
+        return {"sets": built.sets}
+
+    steps.python("cohort", f"Generating the cohort ({c.healthy_dataset}, {c.labelled_dataset}, evaluation sets)",
+                 make_cohort)
+    cohort = load_cohort(c, raw, evaluation)
+    if cohort is None:
+        raise RuntimeError(f"{evaluation} holds a cohort of a different specification; use another work folder")
+    steps.command("plan", "nnU-Net planning and preprocessing (2d)",
+                  ["nnUNetv2_plan_and_preprocess", "-d", c.healthy_id, c.labelled_id, "-c", "2d", "-np", "1",
+                   "--verify_dataset_integrity"],
+                  nnUNet_n_proc_DA=str(max(1, int(env.get("nnUNet_n_proc_DA", "1")))))  # its planner needs >= 1
+    steps.command("plan_diffusion", "Stage-I settings into the healthy dataset's plans",
+                  ["sadm_nnunet_plan_diffusion", c.healthy_id]
+                  + (["--set", *spec.denoiser_overrides] if spec.denoiser_overrides else []))
+    stage1_fold = fold_folder(c.healthy_dataset, spec.stage1_trainer, "2d", "all")
+    steps.command("train_stage1", f"Stage I: the diffusion model on {c.num_healthy} healthy subjects",
+                  ["nnUNetv2_train", c.healthy_id, "2d", "all", "-tr", spec.stage1_trainer, "-device", spec.device],
+                  resume=_train_resume(stage1_fold))
+    steps.command("plan_sadm", "SADM configuration (2d_sadm) into the labelled dataset's plans",
+                  ["sadm_nnunet_plan", c.labelled_id, "--ddpm", c.healthy_id]
+                  + (["--set", *spec.sadm_overrides] if spec.sadm_overrides else []))
+    for key, configuration, trainer in models:
+        steps.command(f"train_{key}", f"Training {trainer} ({configuration}) on {c.num_labelled} labelled "
+                                      f"{c.seen_kind} cases",
+                      ["nnUNetv2_train", c.labelled_id, configuration, spec.fold, "-tr", trainer, "-device",
+                       spec.device],
+                      resume=_train_resume(fold_folder(c.labelled_dataset, trainer, configuration, spec.fold)))
+    n_eval = sum(len(v) for v in cohort.sets.values())
+    for key, configuration, trainer in models:
+        steps.command(f"predict_{key}", f"nnUNetv2_predict with {trainer} on {n_eval} evaluation cases",
+                      ["nnUNetv2_predict", "-i", cohort.images, "-o", predictions / key, "-d", c.labelled_id, "-c",
+                       configuration, "-tr", trainer, "-f", spec.fold, "--save_probabilities", "-device",
+                       spec.device, "-npp", "1", "-nps", "1"])
+    for key, configuration, trainer in sadm_models:
+        steps.command(f"score_{key}", f"sadm_nnunet_score: reconstructions and fused scores of {trainer}",
+                      ["sadm_nnunet_score", "-i", cohort.images, "-pred", predictions / key, "-o", scores / key,
+                       "-d", c.labelled_id, "-c", configuration, "-tr", trainer, "-f", spec.fold, "--device",
+                       spec.device])
+    steps.python("probabilities", "Foreground probability maps from the saved nnU-Net probabilities",
+                 lambda: {key: write_probability_maps(predictions / key, scores / key) for key, _, _ in models})
+
+    def evaluate_all() -> dict:
+        reports = {m.key: evaluate_method(cohort, m, scores) for m in spec.methods()}
+        write_json_atomic({"spec": json.loads(json.dumps(spec, default=_as_dict)), "reports": reports},
+                          workdir / "results.json")
+        return {"table": results_table(spec, reports)}
+
+    table = steps.python("evaluate", "Evaluation (threshold from the seen kind's validation set)",
+                         evaluate_all)["table"]
+    (workdir / "results.md").write_text(table + "\n")
+    reports = json.loads((workdir / "results.json").read_text())["reports"]
+    figures = []
+    if spec.figures:
+        def make_figures() -> dict:
+            from sadm_nnunet.figures import figures_from_folders
+
+            written = {}
+            for s in c.test_sets:
+                if s == "healthy":
+                    continue
+                target = workdir / "figures" / s
+                figures_from_folders(target, cohort.labels(s), scores / "sadm", reports["sadm"][s],
+                                     pred_suffix="_score", images=cohort.images, maps=scores / "sadm", max_cases=0)
+                written[s] = str(target / "contact_sheet.png")
+            return written
+
+        figures = steps.python("figures", "Contact sheets of SADM's fused score", make_figures)
+    return {"reports": reports, "table": table, "figures": figures}
+
+
+def _as_dict(value):
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value):
+        return asdict(value)
+    raise TypeError(f"cannot record {type(value).__name__}")

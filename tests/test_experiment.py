@@ -1,0 +1,112 @@
+"""The comparison experiment's parts: the generated cohort, the resumable steps, the probability maps and the table."""
+from __future__ import annotations
+
+import json
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import HEALTHY_T1
+from sadm_nnunet.datasets.healthy_cohort import load_brains
+from sadm_nnunet.experiment.cohort import HEALTHY, VALIDATION, CohortSpec, build_cohort, load_cohort, resample_brain
+from sadm_nnunet.experiment.pipeline import ExperimentSpec, results_table
+from sadm_nnunet.experiment.steps import StepFailed, Steps
+
+SPEC = CohortSpec(name="T", healthy_id=701, labelled_id=702, seen_kind="tumour", unseen_kinds=("stroke",),
+                  num_healthy=2, num_labelled=2, num_validation=1, num_test=2, num_healthy_test=1, zoom=0.5,
+                  spacing=6.0, deformation=1.0, seed=4)
+
+
+@pytest.fixture(scope="module")
+def brains():
+    loaded = [resample_brain(b, 2 / 3) for b in load_brains(HEALTHY_T1)]  # 3 mm sources, 6 mm subjects
+    return loaded[:4], loaded[4:]
+
+
+@pytest.fixture(scope="module")
+def cohort(brains, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    return build_cohort(SPEC, *brains, root / "raw", root / "evaluation")
+
+
+def test_cohort_layout_labels_and_geometry(cohort, brains):
+    healthy = cohort.raw / SPEC.healthy_dataset
+    labelled = cohort.raw / SPEC.labelled_dataset
+    assert sorted(p.name for p in (healthy / "imagesTr").iterdir()) == ["healthy_000_0000.nii.gz",
+                                                                         "healthy_001_0000.nii.gz"]
+    assert json.loads((labelled / "dataset.json").read_text())["labels"] == {"background": 0, "lesion": 1}
+    assert json.loads((healthy / "dataset.json").read_text())["labels"] == {"background": 0, "brain": 1}
+    assert cohort.sets == {VALIDATION: ["validation_000"], "tumour": ["tumour_000", "tumour_001"],
+                           "stroke": ["stroke_000", "stroke_001"], HEALTHY: ["healthy_000"]}
+    for s, cases in cohort.sets.items():
+        for case in cases:
+            image = nib.load(cohort.images / f"{case}_0000.nii.gz")
+            label = np.asarray(nib.load(cohort.labels(s) / f"{case}.nii.gz").dataobj)
+            assert image.shape == label.shape and np.allclose(image.header.get_zooms(), 6.0)
+            brain = np.asarray(image.dataobj) != 0
+            # lesion sets carry a lesion inside the brain; healthy test brains have an empty label
+            assert (label.sum() > 0) == (s != HEALTHY)
+            assert (label.astype(bool) & ~brain).sum() <= 0.05 * label.sum()
+    manifest = json.loads((cohort.evaluation / "manifest.json").read_text())
+    assert set(manifest["test_brains"]) == {b[0] for b in brains[1]}
+    # evaluation subjects come from the test brains only
+    evaluation_sources = {r["source_brain"] for r in manifest["cases"].values()
+                          if r["set"] in (VALIDATION, "tumour", "stroke", HEALTHY)}
+    assert evaluation_sources <= {b[0] for b in brains[1]}
+
+
+def test_cohort_is_reproducible_and_reloadable(cohort, brains, tmp_path):
+    again = build_cohort(SPEC, *brains, tmp_path / "raw", tmp_path / "evaluation")
+    for case in ("tumour_001", "stroke_000"):
+        a = np.asarray(nib.load(cohort.images / f"{case}_0000.nii.gz").dataobj)
+        b = np.asarray(nib.load(again.images / f"{case}_0000.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)
+    assert load_cohort(SPEC, tmp_path / "raw", tmp_path / "evaluation").sets == again.sets
+    other = CohortSpec(**{**SPEC.__dict__, "seed": 5})
+    assert load_cohort(other, tmp_path / "raw", tmp_path / "evaluation") is None
+
+
+def test_cohort_spec_errors():
+    with pytest.raises(ValueError, match="unknown lesion kind 'glioma'"):
+        CohortSpec(unseen_kinds=("glioma",))
+    with pytest.raises(ValueError, match="also listed as unseen"):
+        CohortSpec(seen_kind="ms", unseen_kinds=("ms",))
+
+
+def test_steps_skip_finished_and_rerun_failed(tmp_path):
+    marker = tmp_path / "count.txt"
+    script = f"import pathlib; p = pathlib.Path({str(marker)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x')"
+    env = {"PATH": "/usr/bin:/bin"}
+    out = open(tmp_path / "terminal.txt", "w")
+    steps = Steps(tmp_path, env, total=3, out=out)
+    steps.command("one", "append once", [sys.executable, "-c", script])
+    assert steps.python("two", "compute", lambda: {"value": 7}) == {"value": 7}
+    with pytest.raises(StepFailed, match=r"(?s)exited with code 3 .*boom"):
+        steps.command("three", "fails", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+    # a second run skips the finished steps (the command does not run again, the stored result comes back)
+    again = Steps(tmp_path, env, total=3, out=out)
+    again.command("one", "append once", [sys.executable, "-c", script])
+    assert again.python("two", "compute", lambda: {"value": 8}) == {"value": 7}
+    assert marker.read_text() == "x"
+    assert not again.done("three")
+    calls = []
+    again.command("three", "now passes", [sys.executable, "-c", "print('ok')"], resume=lambda: calls.append(1) or [])
+    assert again.done("three") and calls == [1]
+    out.close()
+    terminal = (tmp_path / "terminal.txt").read_text()
+    assert "[1/3] append once (done earlier, skipped)" in terminal
+    assert "boom" in (tmp_path / "log.txt").read_text()
+
+
+def test_results_table_rows_and_columns():
+    spec = ExperimentSpec(cohort=SPEC, stage1_trainer="a", sadm_trainer="b", plain_trainer="c", draem_trainer="d")
+    metrics = {"best_dice": 0.5, "auprc": 0.25, "dice_at_threshold": None, "fpr_healthy": 0.125}
+    reports = {m.key: {s: {"mean": metrics} for s in SPEC.test_sets} for m in spec.methods()}
+    text = results_table(spec, reports)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 5
+    assert lines[0].startswith("| method | tumour (seen): ⌈Dice⌉ | AUPRC | Dice@thr | stroke (unseen): ⌈Dice⌉")
+    assert lines[0].endswith("| healthy: FPR |")
+    assert "| nnU-Net, image only | 0.500 | 0.250 | n/a | 0.500 | 0.250 | n/a | 0.125 |" in lines
