@@ -294,8 +294,10 @@ def find_mask_file(folder: Path, case: str) -> Path:
     raise EvaluationError(f"case '{case}': no brain mask {case}.nii.gz (or image {case}_0000.nii.gz) in {folder}")
 
 
-def load_case(case: str, ref_path: Path, pred_path: Path, mask_folder: Path | None) -> RankedCase:
-    """Reads, checks and ranks one case."""
+def load_case(case: str, ref_path: Path, pred_path: Path, mask_folder: Path | None,
+              ignore_label: int | None = None) -> RankedCase:
+    """Reads, checks and ranks one case. Reference voxels labelled `ignore_label` (nnU-Net's ignore label, e.g.
+    WMH's "other pathology") are left out of the evaluation, like voxels outside the mask."""
     reference, score = read_volume(ref_path), read_volume(pred_path)
     check_geometry(case, score, reference, "score map")
     check_labels(case, reference)
@@ -304,18 +306,23 @@ def load_case(case: str, ref_path: Path, pred_path: Path, mask_folder: Path | No
         mask = read_volume(find_mask_file(mask_folder, case))
         check_geometry(case, mask, reference, "brain mask")
         region = mask.array != 0
-    return RankedCase.from_volume(score.array, reference.array, region, name=f"case '{case}'")
+    labels = reference.array
+    if ignore_label is not None:
+        ignored = labels == ignore_label
+        region = ~ignored if region is None else region & ~ignored
+        labels = np.where(ignored, 0, labels)
+    return RankedCase.from_volume(score.array, labels, region, name=f"case '{case}'")
 
 
-def load_folder(ref_folder: Path, pred_folder: Path, mask_folder: Path | None, pred_suffix: str = ""
-                ) -> dict[str, RankedCase]:
+def load_folder(ref_folder: Path, pred_folder: Path, mask_folder: Path | None, pred_suffix: str = "",
+                ignore_label: int | None = None) -> dict[str, RankedCase]:
     """Case -> RankedCase for matching reference and score folders (errors name the case)."""
     refs = list_cases(ref_folder, "", "reference folder")
     preds = list_cases(pred_folder, pred_suffix, "score folder")
     cases = match_cases(refs, preds, ref_folder, pred_folder)
     if mask_folder is not None and not Path(mask_folder).is_dir():
         raise EvaluationError(f"mask folder {mask_folder} does not exist or is not a folder")
-    return {case: load_case(case, refs[case], preds[case], mask_folder) for case in cases}
+    return {case: load_case(case, refs[case], preds[case], mask_folder, ignore_label) for case in cases}
 
 
 def evaluate(cases: dict[str, RankedCase], validation: dict[str, RankedCase] | None = None,

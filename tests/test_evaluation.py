@@ -310,3 +310,25 @@ def test_pred_suffix_and_image_masks(tmp_path, capsys):
     assert report["per_case"]["c01"]["region_voxels"] == brain.sum()
     assert report["per_case"]["c02"]["reference_voxels_outside_region"] == 2
     assert "Warning: 1 case(s) have reference voxels outside the brain mask" in capsys.readouterr().out
+
+
+def test_ignore_label_voxels_are_not_evaluated(tmp_path):
+    """WMH-style references (1 = lesion, 2 = nnU-Net's ignore label): with --ignore-label 2 those voxels count
+    neither as anomalies nor as normal voxels; without it they are anomalies."""
+    case = "w01"  # case 0 of make_folders is healthy
+    score, ref, brain = make_folders(tmp_path, "w", 2, 5)[case]
+    ref = (ref != 0).astype(np.uint8)
+    ignored = (ref == 0) & (score > np.percentile(score, 90))  # high-scoring normal voxels, to be ignored
+    labelled = np.where(ignored, 2, ref).astype(np.uint8)
+    save(tmp_path / "ref" / f"{case}.nii.gz", labelled)
+    with_ignore, without = tmp_path / "a.json", tmp_path / "b.json"
+    base = ["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred")]
+    evaluate_main(base + ["--ignore-label", "2", "-o", str(with_ignore)])
+    evaluate_main(base + ["-o", str(without)])
+    kept = json.loads(with_ignore.read_text())["per_case"][case]
+    assert kept["region_voxels"] == ref.size - ignored.sum()
+    assert kept["reference_voxels"] == (ref != 0).sum()
+    keep = ~ignored.ravel()
+    expected = average_precision_score((ref.ravel() != 0)[keep], score.ravel()[keep])
+    assert kept["auprc"] == pytest.approx(expected, abs=1e-12)
+    assert json.loads(without.read_text())["per_case"][case]["reference_voxels"] == (labelled != 0).sum()

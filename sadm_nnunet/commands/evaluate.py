@@ -4,7 +4,8 @@
                          [-mask DIR [-val-mask DIR]] [--pred-suffix _score] [--figures FIG_DIR [--images DIR]
                          [--maps DIR]]
 
-REF_DIR: label maps CASE.nii.gz (any nonzero label is an anomaly). SCORE_DIR: score maps CASE{suffix}.nii.gz,
+REF_DIR: label maps CASE.nii.gz (any nonzero label is an anomaly; with --ignore-label L, voxels labelled L are not
+evaluated, as nnU-Net's ignore label). SCORE_DIR: score maps CASE{suffix}.nii.gz,
 higher = more anomalous, in the same geometry (shape, spacing, origin, direction). Other files are ignored.
 
 Per case: best_dice (⌈Dice⌉, the best Dice over all thresholds), auprc (average precision), auroc, and, given a
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-mask", type=Path, help="brain masks of the evaluated cases (evaluate only the brain)")
     parser.add_argument("-val-mask", type=Path, help="brain masks of the validation cases")
     parser.add_argument("--pred-suffix", default="", help="score files are CASE{suffix}.nii.gz (e.g. _ssim)")
+    parser.add_argument("--ignore-label", type=int, default=None,
+                        help="reference value whose voxels are not evaluated (nnU-Net's ignore label, e.g. 2 for "
+                             "WMH converted by sadm_nnunet_convert)")
     parser.add_argument("--figures", type=Path, help="folder for per-case PNGs and a contact sheet")
     parser.add_argument("--images", type=Path, help="raw images CASE_0000.nii.gz for the figures")
     parser.add_argument("--maps", type=Path, help="folder with CASE_reconstruction_0000.nii.gz and CASE_unsupervised"
@@ -75,8 +79,8 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluationError(f"-val-pred and -pred are the same folder ({args.pred}); the threshold must not be "
                               f"chosen on the evaluated cases")
     start = time.perf_counter()
-    cases = load_folder(args.ref, args.pred, args.mask, args.pred_suffix)
-    validation = (load_folder(args.val_ref, args.val_pred, args.val_mask, args.pred_suffix)
+    cases = load_folder(args.ref, args.pred, args.mask, args.pred_suffix, args.ignore_label)
+    validation = (load_folder(args.val_ref, args.val_pred, args.val_mask, args.pred_suffix, args.ignore_label)
                   if has_validation else None)
     report = evaluate(cases, validation, args.threshold)
     report["region"] = "brain mask" if args.mask is not None else "whole volume"
