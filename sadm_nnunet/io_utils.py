@@ -10,11 +10,24 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """tempfile creates 0600 files and 0700 folders; give them the mode a plain open()/mkdir() would (umask), so
+    that what we write into shared nnU-Net folders stays readable by others."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
     """Writes JSON to a temporary file beside `path`, then renames it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _usual_mode(tmp)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
@@ -34,6 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix = "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
+    _usual_mode(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -48,6 +62,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    _usual_mode(tmp, directory=True)
     try:
         yield tmp
         old = None

@@ -335,6 +335,12 @@ def test_errors(sources, env, monkeypatch, tmp_path):
         main(["ixi", str(sources["ixi"]), "1000"])
     with pytest.raises(SystemExit, match="--name must use letters.*found 'my data'"):
         main(["ixi", str(sources["ixi"]), "618", "--name", "my data"])
+    inside = env / "Dataset618_IXI" / "release"  # the release downloaded into the folder it would be converted to
+    shutil.copytree(sources["ixi"], inside)
+    with pytest.raises(SystemExit, match=r"release.* lies inside the output folder .*Dataset618_IXI"):
+        main(["ixi", str(inside), "618"])
+    assert len(list(inside.rglob("*.nii.gz"))) == 14  # not replaced (deleted) by the conversion
+    shutil.rmtree(env / "Dataset618_IXI")
     monkeypatch.delenv("nnUNet_raw")
     with pytest.raises(SystemExit, match="nnUNet_raw is not set"):
         main(["ixi", str(sources["ixi"]), "618"])

@@ -24,6 +24,7 @@ from sadm_nnunet.io_utils import atomic_path
 SPACING_TOLERANCE_MM = 1e-3
 ORIGIN_TOLERANCE_MM = 1e-2
 DIRECTION_TOLERANCE = 1e-3
+MAX_VALUES_SHOWN = 20  # label values listed in a skip record
 GRID = (("size", "GetSize", 0.0), ("spacing", "GetSpacing", SPACING_TOLERANCE_MM),
         ("origin", "GetOrigin", ORIGIN_TOLERANCE_MM), ("direction", "GetDirection", DIRECTION_TOLERANCE))
 
@@ -96,7 +97,9 @@ def map_label(label: sitk.Image, path: Path, scheme: LabelScheme) -> np.ndarray:
     values = sitk.GetArrayViewFromImage(label)
     found = np.unique(values)
     if not np.array_equal(found, np.round(found)) or not set(found.astype(int).tolist()) <= set(scheme.mapping):
-        raise CaseSkipped(path, "unexpected label values", [float(v) if v % 1 else int(v) for v in found],
+        shown = [float(v) if v % 1 else int(v) for v in found[:MAX_VALUES_SHOWN]]
+        raise CaseSkipped(path, "unexpected label values",
+                          shown + ([f"... ({len(found)} values)"] if len(found) > MAX_VALUES_SHOWN else []),
                           sorted(scheme.mapping))
     out = np.zeros(values.shape, dtype=np.uint8)
     for source, target in scheme.mapping.items():

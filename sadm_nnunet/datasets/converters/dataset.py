@@ -72,6 +72,10 @@ def convert(release: Release, source: Path, dataset_id: int, name: str, modaliti
     """Converts the release below `source` into $nnUNet_raw/DatasetXXX_NAME; returns the conversion report."""
     source = Path(source).absolute()
     out = output_folder(dataset_id, name)
+    if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
+        raise ConversionError(f"SOURCE_DIR {source} lies inside the output folder {out}, which a conversion replaces "
+                              f"as a whole (the release would be deleted); expected a source outside {out}. Move "
+                              f"the release elsewhere or choose another DATASET_ID or --name")
     cases = find_cases(release, source)
     ids = [c.identifier for c in cases]
     fraction = release.default_test_fraction if test_fraction is None else test_fraction
@@ -93,6 +97,7 @@ def convert(release: Release, source: Path, dataset_id: int, name: str, modaliti
         write_json_atomic(split, tmp / SPLIT_FILE)
         write_json_atomic(report, tmp / REPORT_FILE)
     print_summary(report, out)
+    print(f"Report: {out / REPORT_FILE}; split: {out / SPLIT_FILE}")
     if replacing:
         print(f"Replaced the earlier {out}.")
         preprocessed = Path(os.environ.get("nnUNet_preprocessed") or "/nonexistent") / out.name
@@ -136,5 +141,3 @@ def print_summary(report: dict, out: Path) -> None:
                        else "a model of skull-stripped healthy brains will flag the skull")
         print(f"WARNING: {len(doubtful)} case(s) do not look skull-stripped, e.g. {doubtful[:3]}; {consequence}. "
               f"Skull-strip them first (keeping the file names) if that is the case.")
-    if out.is_dir():
-        print(f"Report: {out / REPORT_FILE}; split: {out / SPLIT_FILE}")
