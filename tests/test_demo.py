@@ -53,7 +53,7 @@ def test_quick_demo_table_has_numbers_for_every_row(demo):
         assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the real nnU-Net commands ran, shown to the user
     for command in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train 983 2d all -tr SADMDiffusionTrainer_1epoch",
-                    "sadm_nnunet_plan 984 --ddpm 983", "-tr SADMTrainer_1epoch", "-tr nnUNetTrainer_1epoch",
+                    "sadm_nnunet_plan 984 --ddpm 983 --ddpm-trainer SADMDiffusionTrainer_1epoch", "-tr SADMTrainer_1epoch", "-tr nnUNetTrainer_1epoch",
                     "nnUNetv2_predict", "sadm_nnunet_score"):
         assert command in proc.stdout, command
 

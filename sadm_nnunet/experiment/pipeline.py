@@ -164,7 +164,7 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
         raise RuntimeError(f"{evaluation} holds a cohort of a different specification; use another work folder")
     steps.command("plan", "nnU-Net planning and preprocessing (2d)",
                   ["nnUNetv2_plan_and_preprocess", "-d", c.healthy_id, c.labelled_id, "-c", "2d", "-np", "1",
-                   "--verify_dataset_integrity"],
+                   "-npfp", "1", "--verify_dataset_integrity"],  # one process: the cases are few and small
                   nnUNet_n_proc_DA=str(max(1, int(env.get("nnUNet_n_proc_DA", "1")))))  # its planner needs >= 1
     steps.command("plan_diffusion", "Stage-I settings into the healthy dataset's plans",
                   ["sadm_nnunet_plan_diffusion", c.healthy_id]
@@ -174,7 +174,8 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
                   ["nnUNetv2_train", c.healthy_id, "2d", "all", "-tr", spec.stage1_trainer, "-device", spec.device],
                   resume=_train_resume(stage1_fold))
     steps.command("plan_sadm", "SADM configuration (2d_sadm) into the labelled dataset's plans",
-                  ["sadm_nnunet_plan", c.labelled_id, "--ddpm", c.healthy_id]
+                  ["sadm_nnunet_plan", c.labelled_id, "--ddpm", c.healthy_id, "--ddpm-trainer",
+                   spec.stage1_trainer]
                   + (["--set", *spec.sadm_overrides] if spec.sadm_overrides else []))
     for key, configuration, trainer in models:
         steps.command(f"train_{key}", f"Training {trainer} ({configuration}) on {c.num_labelled} labelled "
