@@ -1,7 +1,7 @@
 """Quality benchmark: does SADM beat its parts on lesion kinds it saw and kinds it never saw? (CPU, real anatomy)
 
     python benchmarks/quality_benchmark.py [--quick] [--seeds 0 1 2] [--workdir DIR] [--output results.json]
-                                           [--set sadm.key=value ...] [--tag NAME]
+                                           [--plot dice.png] [--set key=value ...] [--tag NAME]
 
 Protocol (the paper's, scaled to 2 CPU cores): the six healthy brains of `../shared/data/healthy_t1` are split
 into training brains (stage I and the labelled set) and held-out test brains (`TEST_BRAINS`), which no model sees
@@ -17,8 +17,11 @@ Dice at the threshold that maximises Dice on a tumour validation set (the same f
 labels of the kinds they did not expect), and on healthy brains the fraction of voxels above that threshold.
 Reported: per seed the mean over cases; over seeds the mean and the standard deviation of those means.
 
-`--set` passes SADM settings to `sadm_nnunet_plan --set` (e.g. `input_mode=image+reconstruction`) for
-investigations; `--tag` names the variant's work folders. `--quick` (CI) runs one tiny seed at 6 mm.
+Investigations: `--set` passes SADM settings to `sadm_nnunet_plan --set` (e.g. `input_mode=image+reconstruction`,
+`synthetic_anomalies.probability=0`) and `--tag NAME` runs them in work folders of their own. A variant only
+changes stage II, so it starts from copies of the base run's work folders (same seeds, same --workdir): the cohort,
+the preprocessed data, the stage-I model and the plain nnU-Net results are reused, and only SADM is planned,
+trained, predicted and scored again (without the DRAEM row). `--quick` (CI) runs one tiny seed at 6 mm.
 """
 from __future__ import annotations
 
@@ -58,18 +61,18 @@ QUICK = {**FULL,
 MODES = {"full": FULL, "quick": QUICK}
 
 
-def experiment(mode: str, seed: int, sadm_overrides: tuple[str, ...], tag: str):
+def experiment(mode: str, seed: int, sadm_overrides: tuple[str, ...], variant: bool):
     from sadm_nnunet.experiment.cohort import CohortSpec
     from sadm_nnunet.experiment.pipeline import ExperimentSpec
 
     m = MODES[mode]
-    cohort = CohortSpec(name=f"Q{tag}{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
+    cohort = CohortSpec(name=f"Q{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
                         seen_kind="tumour", unseen_kinds=("ms", "stroke"), zoom=m["source_mm"] / m["cohort"]["spacing"],
                         seed=seed, **m["cohort"])
     return ExperimentSpec(cohort=cohort, stage1_trainer=m["stage1_trainer"], sadm_trainer=m["sadm_trainer"],
-                          plain_trainer=m["plain_trainer"], draem_trainer=m["draem_trainer"],
+                          plain_trainer=m["plain_trainer"], draem_trainer=None if variant else m["draem_trainer"],
                           denoiser_overrides=m["denoiser_overrides"], sadm_overrides=sadm_overrides,
-                          figures=mode == "full" and seed == 0,
+                          figures=mode == "full" and seed == 0 and not variant,
                           extra={"source": str(HEALTHY_SOURCE), "test_brains": list(TEST_BRAINS), "mode": mode})
 
 
@@ -82,6 +85,36 @@ def split_brains():
     if missing:
         raise SystemExit(f"{HEALTHY_SOURCE} has no brain(s) {missing}; found {names}")
     return [b for b in brains if b[0] not in TEST_BRAINS], [b for b in brains if b[0] in TEST_BRAINS]
+
+
+# What a stage-II variant reuses from the base run: step markers, and folders copied as they are.
+REUSED_STEPS = ("cohort", "plan", "plan_diffusion", "train_stage1", "train_nnunet", "predict_nnunet")
+
+
+def start_variant(base: Path, workdir: Path, spec) -> None:
+    """Seeds a variant's work folder with copies of the base run's cohort, preprocessed data, stage-I model and plain
+    nnU-Net results (once; a started variant resumes as any run does)."""
+    import shutil
+
+    if workdir.exists():
+        return
+    missing = [k for k in REUSED_STEPS if not (base / "steps" / f"{k}.json").is_file()]
+    if missing:
+        raise SystemExit(f"variant needs the finished base run {base} (run without --tag first); its steps "
+                         f"{missing} are not done")
+    c = spec.cohort
+    tmp = workdir.with_name(workdir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "evaluation", "predictions/nnunet"):
+        shutil.copytree(base / folder, tmp / folder)
+    for trainer, configuration, dataset in ((spec.stage1_trainer, "2d", c.healthy_dataset),
+                                            (spec.plain_trainer, "2d", c.labelled_dataset)):
+        name = f"{trainer}__nnUNetPlans__{configuration}"
+        shutil.copytree(base / "nnUNet_results" / dataset / name, tmp / "nnUNet_results" / dataset / name)
+    (tmp / "steps").mkdir()
+    for key in REUSED_STEPS:
+        shutil.copy2(base / "steps" / f"{key}.json", tmp / "steps" / f"{key}.json")
+    tmp.rename(workdir)
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -118,6 +151,35 @@ def table(spec, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(spec, summary: dict, path: Path, metric: str = "best_dice") -> None:
+    """Grouped bars: one group per lesion kind, one bar per method, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    kinds = [s for s in spec.cohort.test_sets if s != "healthy"]
+    methods = spec.methods()
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(kinds), 3.6))
+    for i, method in enumerate(methods):
+        values = [summary.get(method.key, {}).get(k, {}).get(metric, {"mean": np.nan, "std": 0.0}) for k in kinds]
+        ax.bar(np.arange(len(kinds)) + (i - (len(methods) - 1) / 2) * width, [v["mean"] for v in values], width,
+               yerr=[v["std"] for v in values], capsize=2, label=method.label)
+    ax.set_xticks(np.arange(len(kinds)),
+                  [f"{k}\n({'seen' if k == spec.cohort.seen_kind else 'unseen'})" for k in kinds])
+    ax.set_ylabel({"best_dice": "⌈Dice⌉", "auprc": "AUPRC"}.get(metric, metric) + " (mean ± std over seeds)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    from sadm_nnunet.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -125,8 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("quality_benchmark_work"))
     parser.add_argument("--output", type=Path, help="JSON with every per-seed report and the summary")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="SADM settings (sadm_nnunet_plan)")
-    parser.add_argument("--tag", default="", help="short name of a variant (letters), part of the dataset names")
+    parser.add_argument("--tag", default="", help="name of a variant (letters): its work folders start from the "
+                                                  "base run's (see above)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--plot", type=Path, help="PNG of ⌈Dice⌉ per lesion kind and method")
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
@@ -141,14 +205,19 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     per_seed, spec = {}, None
     for seed in seeds:
-        spec = replace(experiment(mode, seed, tuple(args.overrides), args.tag), device=args.device)
+        spec = replace(experiment(mode, seed, tuple(args.overrides), bool(args.tag)), device=args.device)
         workdir = args.workdir / f"{mode}{args.tag}_seed{seed}"
+        if args.tag:
+            start_variant(args.workdir / f"{mode}_seed{seed}", workdir, spec)
         print(f"=== seed {seed}: {workdir}", flush=True)
         per_seed[seed] = run_experiment(spec, workdir, split_brains)["reports"]
     summary = aggregate(per_seed)
     text = table(spec, summary)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nQuality benchmark ({mode}, seeds {seeds}, {minutes:.1f} min):\n\n{text}")
+    if args.plot:
+        plot(spec, summary, args.plot)
+        print(f"Wrote {args.plot}")
     if args.output:
         from sadm_nnunet.io_utils import write_json_atomic
 
