@@ -5,7 +5,7 @@ validation, prediction) except the network, which is `SADMNetwork` (image -> fro
 channels -> nnU-Net's architecture), and one extra augmentation, synthetic anomalies:
 
 - `SADMTrainer`: labels from the dataset; a training patch without annotated foreground receives a synthetic
-  anomaly with the probability in the plans (`sadm.synthetic_anomalies.probability`).
+  anomaly with the probability in the plans (`sadm.synthetic_anomalies.probability`, default 0: labels only).
 - `SADMTrainer_DRAEM`: self-supervised; every training patch gets a synthetic anomaly, dataset labels are ignored.
 
 The SADM settings come from the configuration's `sadm` block, which `sadm_nnunet_plan` writes.
