@@ -30,7 +30,9 @@ def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sa
     # re-running with a setting keeps everything else and validates the value
     nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--set", "synthetic_anomalies.probability=0.5")
     again = json.loads(plans_path.read_text())["configurations"]["2d_sadm"]["sadm"]
-    assert again == block
+    assert block["synthetic_anomalies"]["probability"] == 0.0  # the template default: labels only
+    assert again == {**block, "synthetic_anomalies": {**block["synthetic_anomalies"], "probability": 0.5}}
+    block = again
     bad = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--set", "input_mode=image",
                      check=False)
     assert bad.returncode != 0 and "sadm.input_mode' is 'image'" in bad.stderr
