@@ -78,3 +78,11 @@ def test_output_folder_of_other_settings_is_refused(demo, tmp_path):
     proc = run_demo(folder)
     assert proc.returncode != 0
     assert "holds a demo run with other settings" in proc.stderr and "'default'" in proc.stderr
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    proc = run_demo(target)
+    assert proc.returncode != 0 and "is a file; expected a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "keep me"

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("sadm_nnunet_demo: --device cuda, but this PyTorch sees no CUDA device; use --device cpu")
     mode = "quick" if args.quick else "default"
     output = (args.output or Path(f"sadm_nnunet_demo{'_quick' if args.quick else ''}")).resolve()
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"sadm_nnunet_demo: error: --output {output} is a file; expected a folder (new or from an "
+                         f"earlier demo run)")
     output.mkdir(parents=True, exist_ok=True)
     spec = experiment_spec(mode, args.device)
     check_output_folder(output, spec)
