@@ -27,14 +27,18 @@ def test_unknown_or_mistyped_settings_are_errors():
         DiffusionSettings.from_dict({"reconstruction": {"noise_levels": [1000]}})
 
 
-def test_unet_rule_for_paper_and_tiny_patches():
+def test_unet_rule_for_default_and_tiny_patches():
     s = DiffusionSettings.from_dict({})
     cfg = unet_config(s, (96, 96), 1)
-    assert cfg["block_out_channels"] == (64, 128, 256, 256)  # 96 -> 48 -> 24 -> 12 (>= min_resolution 8)
+    assert cfg["block_out_channels"] == (16, 32, 64, 64)  # 96 -> 48 -> 24 -> 12 (>= min_resolution 8)
+    assert cfg["layers_per_block"] == 1 and cfg["norm_num_groups"] == 8
     assert cfg["down_block_types"][-1] == "AttnDownBlock2D" and cfg["down_block_types"][0] == "DownBlock2D"
     assert cfg["sample_size"] == (96, 96) and cfg["in_channels"] == cfg["out_channels"] == 1
     assert len(unet_config(s, (256, 224), 2)["block_out_channels"]) == 5  # capped by max_levels
-    assert unet_config(s, (32, 24), 1)["block_out_channels"] == (64, 128)  # at least 2 levels
+    assert unet_config(s, (32, 24), 1)["block_out_channels"] == (16, 32)  # at least 2 levels
+    paper = DiffusionSettings.from_dict({"unet": {"base_channels": 64, "max_channels": 256, "layers_per_block": 2,
+                                                  "norm_num_groups": 32}})
+    assert unet_config(paper, (96, 96), 1)["block_out_channels"] == (64, 128, 256, 256)
     with pytest.raises(ValueError, match="2D slices.*3D patch size"):
         unet_config(s, (32, 32, 32), 1)
     with pytest.raises(ValueError, match=r"not divisible by 8"):

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from sadm_nnunet.segmentation.stage1 import compatibility_errors
+
 from conftest import HEALTHY_ID, LESION_ID, PLAIN_TRAINER, SADM_TRAINER, TRAINER as STAGE1_TRAINER, NNUNet
 
 MIN_TEST_DICE = 0.5  # tumour lesions cover a few % of the brain: an empty or all-brain prediction scores < 0.15
@@ -43,6 +45,7 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     missing = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "--ddpm-trainer",
                          "SADMDiffusionTrainer_5epochs", check=False)
     assert missing.returncode != 0 and "No trained stage-I model" in missing.stderr
+    assert "Traceback" not in missing.stderr and "nnUNetv2_train" in missing.stderr
     for target, healthy in ((999, HEALTHY_ID), (LESION_ID, 999)):
         unknown = nnunet.run("sadm_nnunet_plan", target, "--ddpm", healthy, check=False)
         assert unknown.returncode != 0 and "Dataset '999' not found" in unknown.stderr
@@ -57,6 +60,25 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     assert proc.returncode != 0
     assert "in-plane target spacing" in proc.stderr and "stage I [6.0, 6.0]" in proc.stderr
     assert "the target [12.0, 12.0]" in proc.stderr and "nnUNetv2_move_plans_between_datasets" in proc.stderr
+
+
+def test_compatibility_check_names_channels_normalisation_and_orientation(nnunet, sadm_planned, lesion_dataset,
+                                                                          healthy_dataset):
+    stage1_folder = nnunet.results / healthy_dataset / f"{STAGE1_TRAINER}__nnUNetPlans__2d"
+    stage1_plans = json.loads((stage1_folder / "plans.json").read_text())
+    stage1_json = json.loads((stage1_folder / "dataset.json").read_text())
+    target_plans = json.loads((nnunet.preprocessed / lesion_dataset / "nnUNetPlans.json").read_text())
+    target_json = json.loads((nnunet.preprocessed / lesion_dataset / "dataset.json").read_text())
+    assert compatibility_errors(stage1_plans, stage1_json, target_plans, target_json, "2d", "2d") == []
+
+    target_plans["configurations"]["2d"]["normalization_schemes"] = ["CTNormalization"]
+    target_plans["transpose_forward"] = [2, 1, 0]
+    target_json["channel_names"] = {"0": "T1", "1": "FLAIR"}
+    errors = compatibility_errors(stage1_plans, stage1_json, target_plans, target_json, "2d", "2d")
+    assert len(errors) == 3
+    assert errors[0].startswith("channels: stage I has 1") and "the target has 2" in errors[0]
+    assert "stage I uses ['ZScoreNormalization']" in errors[1] and "the target ['CTNormalization']" in errors[1]
+    assert "transpose_forward" in errors[2] and "target [2, 1, 0]" in errors[2]
 
 
 def test_training_resumes_and_keeps_the_stage1_denoiser_frozen(nnunet, trained_sadm, lesion_dataset):

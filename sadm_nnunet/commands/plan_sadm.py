@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
             f"2D configurations only so far. Use -c 2d.")
 
     healthy = dataset_name(args.ddpm)
-    stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
-    stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
+    try:
+        stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
+        stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
+    except FileNotFoundError as e:
+        raise SystemExit(f"sadm_nnunet_plan: {e}") from e
     target_dataset_json = json.loads((path.parent / "dataset.json").read_text())
     errors = compatibility_errors(stage1_plans, stage1_dataset_json, plans, target_dataset_json,
                                   stage1.configuration, args.configuration)
