@@ -42,18 +42,23 @@ def test_result_does_not_depend_on_batch_size(model):
 
 def test_single_step_matches_a_hand_computed_ensemble(model):
     unet, settings = model
-    options = replace(settings.reconstruction, noise_levels=(500,), seed=7)
+    levels = (250, 500, 750)
+    options = replace(settings.reconstruction, noise_levels=levels, seed=7)
     noise_settings = replace(settings.noise, kind="gaussian")
     settings_g = replace(settings, noise=noise_settings)
     x = slices(n=2, h=32, w=32)
     out = Reconstructor(unet, settings_g, options)(x)
     from diffusers import DDPMScheduler
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample")
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
     x0 = x / settings.intensity_scale
-    xt = sched.add_noise(x0, noise, torch.tensor([500, 500]))
-    expected = unet(xt, torch.tensor([500, 500])).sample * settings.intensity_scale
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    per_level = []
+    for level in levels:  # one noise draw per level, in order, from the seeded generator
+        t = torch.tensor([level, level])
+        xt = sched.add_noise(x0, torch.randn(x.shape, generator=generator), t)
+        per_level.append(unet(xt, t).sample * settings.intensity_scale)
+    torch.testing.assert_close(out, sum(per_level) / 3, atol=1e-5, rtol=1e-4)
+    assert (per_level[0] - per_level[2]).abs().mean() > 1e-3  # the levels differ: the mean is not one of them
 
 
 def test_volumes_are_reconstructed_slice_by_slice(model):

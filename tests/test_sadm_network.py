@@ -133,7 +133,7 @@ def test_mirrored_copies_reuse_the_reconstruction_without_running_the_denoiser(s
     x = torch.randn(1, 1, *sadm_plans["configurations"]["2d"]["patch_size"])
     reconstruction = net.reconstruct(x)
     first = len(calls)
-    assert first == len(net.reconstructor.options.noise_levels)
+    assert first == 1  # every noise level of the tile in one batched denoiser call
     for axes in ((2,), (3,), (2, 3)):
         torch.testing.assert_close(net.reconstruct(torch.flip(x, axes)), torch.flip(reconstruction, axes))
     assert len(calls) == first  # no further denoiser passes

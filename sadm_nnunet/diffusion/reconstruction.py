@@ -94,15 +94,39 @@ class Reconstructor:
         n, c, h, w = images.shape
         x0 = self._padded_model_space(images)
         generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
-        total = torch.zeros_like(x0)
-        chunks = [slice(start, start + self.options.batch_size) for start in range(0, n, self.options.batch_size)]
-        embeddings = [self._embed(x0[sl]) for sl in chunks]
-        for level in self.options.noise_levels:
-            noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
-            for sl, embedding in zip(chunks, embeddings):
-                total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator, embedding)
-        out = total / len(self.options.noise_levels)
+        if self.options.method == "single_step" and self.options.patch_grid == 1:
+            out = self._single_step_ensemble(x0, generator)
+        else:
+            total = torch.zeros_like(x0)
+            chunks = [slice(start, start + self.options.batch_size)
+                      for start in range(0, n, self.options.batch_size)]
+            embeddings = [self._embed(x0[sl]) for sl in chunks]
+            for level in self.options.noise_levels:
+                noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
+                for sl, embedding in zip(chunks, embeddings):
+                    total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator, embedding)
+            out = total / len(self.options.noise_levels)
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
+
+    def _single_step_ensemble(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The default method with every noise level of a slice in the same network batch (one call for a
+        sliding-window tile instead of one per level); the same noise, hence the same result, as level by level."""
+        n = x0.shape[0]
+        levels = self.options.noise_levels
+        noisy = torch.cat([noised_to(self.scheduler, x0, sample_noise(tuple(x0.shape), self.settings.noise,
+                                                                       generator, x0.device), level)
+                           for level in levels])
+        timesteps = torch.tensor(levels, device=x0.device, dtype=torch.long).repeat_interleave(n)
+        embeddings = None
+        if self.image_encoder is not None:  # in chunks, like the denoiser: bounded peak memory
+            batch = self.options.batch_size
+            embedding = torch.cat([self._embed(x0[i:i + batch]) for i in range(0, n, batch)])
+            embeddings = embedding.repeat(len(levels), 1)
+        out = torch.empty_like(noisy)
+        for start in range(0, noisy.shape[0], self.options.batch_size):
+            sl = slice(start, start + self.options.batch_size)
+            out[sl] = self._predict(noisy[sl], timesteps[sl], None if embeddings is None else embeddings[sl])
+        return out.reshape(len(levels), *x0.shape).mean(dim=0)
 
     def _embed(self, x0: torch.Tensor) -> torch.Tensor | None:
         """The cDDPM image encoder's embedding of the (padded, model-space) input slices; None if unconditioned."""
