@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -e ".[test]"
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=12 tests
 
 demo: install
 	$(BIN)/sadm_nnunet_demo

@@ -75,14 +75,14 @@ def healthy_dataset(nnunet: NNUNet) -> str:
 
 
 def train_interrupted_then_resumed(nnunet: NNUNet, cmd: list[str], fold: Path) -> dict:
-    """Runs an nnU-Net training command, kills it right after its first checkpoint, then resumes it with --c.
-    Returns both logs and the epoch stored in the checkpoint the second run resumed from."""
+    """Runs an nnU-Net training command, kills it right after its first checkpoints (latest and best), then
+    resumes it with --c. Returns both logs and the epoch stored in the checkpoint the second run resumed from."""
     first = subprocess.Popen(cmd, env=nnunet.env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     deadline = time.time() + 1200
-    while not (fold / "checkpoint_latest.pth").is_file():
+    while not ((fold / "checkpoint_latest.pth").is_file() and (fold / "checkpoint_best.pth").is_file()):
         assert first.poll() is None, f"training ended before its first checkpoint:\n{first.stdout.read()}"
-        assert time.time() < deadline, "no checkpoint_latest.pth after 1200 s"
+        assert time.time() < deadline, "no checkpoint_latest.pth and checkpoint_best.pth after 1200 s"
         time.sleep(0.2)
     time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)

@@ -30,6 +30,13 @@ def test_training_finishes_and_resumes_from_the_last_checkpoint(trained_stage1):
     assert final["current_epoch"] == 3
     assert final["trainer_name"] == TRAINER
     assert len(final["logging"]["val_ssim"]) == 3 and len(final["logging"]["val_l1"]) == 3
+    # checkpoint_best is picked by the validation SSIM: nnU-Net's "pseudo dice" curve is the SSIM, and the best
+    # checkpoint holds the highest value of its moving average
+    logging = final["logging"]
+    assert logging["mean_fg_dice"] == logging["val_ssim"] and all(0 < v <= 1 for v in logging["val_ssim"])
+    best = torch.load(fold / "checkpoint_best.pth", weights_only=False)
+    assert best["_best_ema"] == max(logging["ema_fg_dice"])
+    assert best["current_epoch"] == 1 + int(np.argmax(logging["ema_fg_dice"]))
     # 300 Adam steps were taken in all, across the two runs (EMA counts one update per step)
     assert int(final["network_weights"]["ema_updates"]) == 300
     summary = json.loads((fold / "validation" / "summary.json").read_text())

@@ -1,16 +1,26 @@
-"""Atomic checkpoint writing and clear errors for unreadable checkpoints, shared by our trainers."""
+"""Atomic checkpoint writing, clear errors for unreadable checkpoints and a best checkpoint that survives `--c`,
+shared by our trainers."""
 from __future__ import annotations
 
 import os
 import pickle
 from pathlib import Path
 
+import torch
+
 from sadm_nnunet.io_utils import atomic_path
+
+BEST_CHECKPOINT = "checkpoint_best.pth"
 
 
 class AtomicCheckpointMixin:
     """Mixin for nnUNetTrainer subclasses: checkpoints are written to a temporary file and renamed into place, and
-    a truncated or foreign checkpoint gives an error that names the file instead of an unpickling traceback."""
+    a truncated or foreign checkpoint gives an error that names the file instead of an unpickling traceback.
+
+    nnU-Net writes checkpoint_latest.pth in an epoch before it updates the best moving-average score of that
+    epoch, so a run resumed with `--c` starts without knowing its best score and would overwrite
+    checkpoint_best.pth with the next, possibly worse, epoch. On resuming, the best score is taken from
+    checkpoint_best.pth."""
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
@@ -25,9 +35,23 @@ class AtomicCheckpointMixin:
         if not path.is_file():
             raise FileNotFoundError(f"Checkpoint {path} does not exist")
         try:
-            return super().load_checkpoint(str(path))
+            super().load_checkpoint(str(path))
         except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
             raise RuntimeError(
                 f"Could not load checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {e}. "
                 f"The file is truncated or was not written by {type(self).__name__}; delete it and continue from "
                 f"another checkpoint (checkpoint_best.pth / checkpoint_latest.pth) or retrain.") from e
+        self._restore_best_score(path)
+
+    def _restore_best_score(self, loaded: Path) -> None:
+        best_file = Path(self.output_folder) / BEST_CHECKPOINT
+        if not best_file.is_file() or best_file.resolve() == loaded.resolve():
+            return
+        try:
+            best = torch.load(best_file, map_location="cpu", weights_only=False).get("_best_ema")
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+            self.print_to_log_file(f"WARNING: {best_file} is unreadable ({type(e).__name__}: {e}); the best score "
+                                   f"restarts from this run and the file will be overwritten by its best epoch")
+            return
+        if best is not None and (self._best_ema is None or best > self._best_ema):
+            self._best_ema = best
