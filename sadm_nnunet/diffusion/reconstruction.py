@@ -84,31 +84,28 @@ class Reconstructor:
         levels = torch.randint(0, self.settings.num_train_timesteps, (n,))
         noise = sample_noise(tuple(x0.shape), self.settings.noise, None, x0.device)
         noisy = self.scheduler.add_noise(x0, noise, levels)
-        out = torch.empty_like(x0)
-        for start in range(0, n, self.options.batch_size):  # in chunks, as the seeded path: bounded peak memory
-            sl = slice(start, start + self.options.batch_size)
-            out[sl] = self._predict(noisy[sl], levels[sl].to(x0.device), self._embed(x0[sl]))
+        out = self._predict_in_chunks(noisy, levels.to(x0.device), self._embed(x0))
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = images.shape
+        n, _, h, w = images.shape
         x0 = self._padded_model_space(images)
         generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
+        embedding = self._embed(x0)
         if self.options.method == "single_step" and self.options.patch_grid == 1:
-            out = self._single_step_ensemble(x0, generator)
+            out = self._single_step_ensemble(x0, generator, embedding)
         else:
             total = torch.zeros_like(x0)
-            chunks = [slice(start, start + self.options.batch_size)
-                      for start in range(0, n, self.options.batch_size)]
-            embeddings = [self._embed(x0[sl]) for sl in chunks]
             for level in self.options.noise_levels:
                 noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
-                for sl, embedding in zip(chunks, embeddings):
-                    total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator, embedding)
+                for sl in self._chunks(n):
+                    total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator,
+                                                         None if embedding is None else embedding[sl])
             out = total / len(self.options.noise_levels)
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
-    def _single_step_ensemble(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _single_step_ensemble(self, x0: torch.Tensor, generator: torch.Generator,
+                              embedding: torch.Tensor | None) -> torch.Tensor:
         """The default method with every noise level of a slice in the same network batch (one call for a
         sliding-window tile instead of one per level); the same noise, hence the same result, as level by level."""
         n = x0.shape[0]
@@ -117,20 +114,27 @@ class Reconstructor:
                                                                        generator, x0.device), level)
                            for level in levels])
         timesteps = torch.tensor(levels, device=x0.device, dtype=torch.long).repeat_interleave(n)
-        embeddings = None
-        if self.image_encoder is not None:  # in chunks, like the denoiser: bounded peak memory
-            batch = self.options.batch_size
-            embedding = torch.cat([self._embed(x0[i:i + batch]) for i in range(0, n, batch)])
-            embeddings = embedding.repeat(len(levels), 1)
-        out = torch.empty_like(noisy)
-        for start in range(0, noisy.shape[0], self.options.batch_size):
-            sl = slice(start, start + self.options.batch_size)
-            out[sl] = self._predict(noisy[sl], timesteps[sl], None if embeddings is None else embeddings[sl])
+        embeddings = None if embedding is None else embedding.repeat(len(levels), 1)
+        out = self._predict_in_chunks(noisy, timesteps, embeddings)
         return out.reshape(len(levels), *x0.shape).mean(dim=0)
 
+    def _chunks(self, n: int) -> list[slice]:
+        """Row slices of at most `batch_size`: every network call is chunked, which bounds peak memory."""
+        return [slice(start, start + self.options.batch_size) for start in range(0, n, self.options.batch_size)]
+
     def _embed(self, x0: torch.Tensor) -> torch.Tensor | None:
-        """The cDDPM image encoder's embedding of the (padded, model-space) input slices; None if unconditioned."""
-        return None if self.image_encoder is None else self.image_encoder(x0)
+        """The cDDPM image encoder's embedding of the (padded, model-space) input slices, computed in chunks; None
+        if unconditioned."""
+        if self.image_encoder is None:
+            return None
+        return torch.cat([self.image_encoder(x0[sl]) for sl in self._chunks(x0.shape[0])])
+
+    def _predict_in_chunks(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                           embeddings: torch.Tensor | None) -> torch.Tensor:
+        out = torch.empty_like(noisy)
+        for sl in self._chunks(noisy.shape[0]):
+            out[sl] = self._predict(noisy[sl], timesteps[sl], None if embeddings is None else embeddings[sl])
+        return out
 
     def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
         return self.unet(x, timesteps, class_labels=embedding).sample
