@@ -1,7 +1,9 @@
 """Quality benchmark: does SADM beat its parts on lesion kinds it saw and kinds it never saw? (CPU, real anatomy)
 
     python benchmarks/quality_benchmark.py [--quick] [--seeds 0 1 2] [--workdir DIR] [--output results.json]
-                                           [--plot dice.png] [--set key=value ...] [--tag NAME]
+                                           [--plot dice.png] [--tag NAME [--set key=value ...]
+                                           [--set-denoiser key=value ...] [--predict-set key=value ...]
+                                           [--sadm-trainer NAME] [--plain-trainer NAME]]
 
 Protocol (the paper's, scaled to 2 CPU cores): the six healthy brains of `../shared/data/healthy_t1` are split
 into training brains (stage I and the labelled set) and held-out test brains (`TEST_BRAINS`), which no model sees
@@ -17,11 +19,20 @@ Dice at the threshold that maximises Dice on a tumour validation set (the same f
 labels of the kinds they did not expect), and on healthy brains the fraction of voxels above that threshold.
 Reported: per seed the mean over cases; over seeds the mean and the standard deviation of those means.
 
-Investigations: `--set` passes SADM settings to `sadm_nnunet_plan --set` (e.g. `input_mode=image+reconstruction`,
-`synthetic_anomalies.probability=0`) and `--tag NAME` runs them in work folders of their own. A variant only
-changes stage II, so it starts from copies of the base run's work folders (same seeds, same --workdir): the cohort,
-the preprocessed data, the stage-I model and the plain nnU-Net results are reused, and only SADM is planned,
-trained, predicted and scored again (without the DRAEM row). `--quick` (CI) runs one tiny seed at 6 mm.
+Investigations: a variant of the base run has a name (`--tag NAME`, letters) and work folders of its own, which
+start from copies of the base run's (same seeds, same --workdir; run the base first). It reuses the cohort and the
+preprocessed data, and every model whose settings it does not change, so that its rows are paired with the base
+run's on the same subjects:
+  --set KEY=VALUE            SADM settings (`sadm_nnunet_plan --set`, e.g. `input_mode=image+reconstruction`):
+                             SADM is trained again;
+  --set-denoiser KEY=VALUE   stage-I settings (`sadm_nnunet_plan_diffusion --set`, e.g. `noise.kind=gaussian`):
+                             stage I and SADM are trained again;
+  --predict-set KEY=VALUE    `reconstruction.*` or `scoring.*` (e.g. `reconstruction.noise_levels=[100,200,300]`):
+                             the base run's trained SADM model predicts and scores again with them (its plans get
+                             them); nothing is trained;
+  --sadm-trainer / --plain-trainer NAME   other trainers, e.g. the training-length pair QualitySADMTrainer_3epochs
+                             and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py).
+Variants leave out the DRAEM row. `--quick` (CI) runs one tiny seed at 6 mm.
 """
 from __future__ import annotations
 
@@ -32,7 +43,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,19 +72,33 @@ QUICK = {**FULL,
 MODES = {"full": FULL, "quick": QUICK}
 
 
-def experiment(mode: str, seed: int, sadm_overrides: tuple[str, ...], variant: bool):
+@dataclass(frozen=True)
+class Variant:
+    """What an investigation changes against the base run (all empty: the base run)."""
+    sadm: tuple[str, ...] = ()         # SADM settings (sadm_nnunet_plan --set): SADM retrained
+    denoiser: tuple[str, ...] = ()     # stage-I settings (sadm_nnunet_plan_diffusion --set): stage I and SADM retrained
+    prediction: tuple[str, ...] = ()   # reconstruction.* / scoring.*: the base's trained SADM, predicted again
+    sadm_trainer: str | None = None    # another SADM trainer (e.g. another training length)
+    plain_trainer: str | None = None   # another plain nnU-Net trainer
+
+
+def experiment(mode: str, seed: int, variant: Variant | None = None):
     from sadm_nnunet.experiment.cohort import CohortSpec
     from sadm_nnunet.experiment.pipeline import ExperimentSpec
 
     m = MODES[mode]
+    v = variant or Variant()
     cohort = CohortSpec(name=f"Q{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
                         seen_kind="tumour", unseen_kinds=("ms", "stroke"), zoom=m["source_mm"] / m["cohort"]["spacing"],
                         seed=seed, **m["cohort"])
-    return ExperimentSpec(cohort=cohort, stage1_trainer=m["stage1_trainer"], sadm_trainer=m["sadm_trainer"],
-                          plain_trainer=m["plain_trainer"], draem_trainer=None if variant else m["draem_trainer"],
-                          denoiser_overrides=m["denoiser_overrides"], sadm_overrides=sadm_overrides,
+    return ExperimentSpec(cohort=cohort, stage1_trainer=m["stage1_trainer"],
+                          sadm_trainer=v.sadm_trainer or m["sadm_trainer"],
+                          plain_trainer=v.plain_trainer or m["plain_trainer"],
+                          draem_trainer=None if variant else m["draem_trainer"],
+                          denoiser_overrides=m["denoiser_overrides"] + v.denoiser, sadm_overrides=v.sadm,
                           figures=mode == "full" and seed == 0 and not variant,
-                          extra={"source": str(HEALTHY_SOURCE), "test_brains": list(TEST_BRAINS), "mode": mode})
+                          extra={"source": str(HEALTHY_SOURCE), "test_brains": list(TEST_BRAINS), "mode": mode,
+                                 "prediction_overrides": list(v.prediction)})
 
 
 def split_brains():
@@ -87,34 +112,103 @@ def split_brains():
     return [b for b in brains if b[0] not in TEST_BRAINS], [b for b in brains if b[0] in TEST_BRAINS]
 
 
-# What a stage-II variant reuses from the base run: step markers, and folders copied as they are.
-REUSED_STEPS = ("cohort", "plan", "plan_diffusion", "train_stage1", "train_nnunet", "predict_nnunet")
+@dataclass(frozen=True)
+class Reuse:
+    """Which of the base run's models a variant keeps (the cohort and the preprocessed data it always keeps)."""
+    stage1: bool
+    plain: bool
+    sadm: bool
+
+    def steps(self) -> tuple[str, ...]:
+        return (("cohort", "plan") + (("plan_diffusion", "train_stage1") if self.stage1 else ())
+                + (("train_nnunet", "predict_nnunet") if self.plain else ())
+                + (("plan_sadm", "train_sadm") if self.sadm else ()))
 
 
-def start_variant(base: Path, workdir: Path, spec) -> None:
-    """Seeds a variant's work folder with copies of the base run's cohort, preprocessed data, stage-I model and plain
-    nnU-Net results (once; a started variant resumes as any run does)."""
+def what_to_reuse(base, variant, prediction_overrides: tuple[str, ...]) -> Reuse:
+    """A model is reused when nothing it depends on changed: stage I when the denoiser settings and trainer are the
+    base's; plain nnU-Net when its trainer is; SADM when stage I, its trainer and its training settings are (then
+    only `prediction_overrides` change, which act on prediction and scoring)."""
+    stage1 = (variant.denoiser_overrides, variant.stage1_trainer) == (base.denoiser_overrides, base.stage1_trainer)
+    sadm = stage1 and (variant.sadm_trainer, variant.sadm_overrides) == (base.sadm_trainer, base.sadm_overrides)
+    reuse = Reuse(stage1=stage1, plain=variant.plain_trainer == base.plain_trainer, sadm=sadm)
+    if reuse.sadm and not prediction_overrides:
+        raise SystemExit("this variant changes nothing: give --set, --set-denoiser, --predict-set or other trainers")
+    if prediction_overrides and not reuse.sadm:
+        raise SystemExit("--predict-set applies to the base run's trained SADM model; it cannot be combined with "
+                         "options that retrain it (--set, --set-denoiser, --sadm-trainer): put those settings "
+                         "into --set instead")
+    return reuse
+
+
+PREDICTION_SETTINGS = ("reconstruction", "scoring")
+
+
+def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> None:
+    """Writes SADM settings that only act on prediction and scoring (`reconstruction.*`, `scoring.*`) into the
+    2d_sadm configuration of a plans file, validated as sadm_nnunet_plan validates them."""
+    import json
+
+    from sadm_nnunet.commands.plan_diffusion import parse_override
+    from sadm_nnunet.commands.plan_sadm import _deep_update
+    from sadm_nnunet.experiment.pipeline import SADM_CONFIGURATION
+    from sadm_nnunet.io_utils import write_json_atomic
+    from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings
+
+    plans = json.loads(plans_path.read_text())
+    configuration = plans["configurations"][SADM_CONFIGURATION]
+    for override in overrides:
+        update = parse_override(override)
+        if set(update) - set(PREDICTION_SETTINGS):
+            raise SystemExit(f"--predict-set takes {' or '.join(k + '.*' for k in PREDICTION_SETTINGS)} settings "
+                             f"(they act on prediction only); found '{override}'. Settings that change training "
+                             f"go into --set.")
+        configuration[PLANS_KEY] = _deep_update(configuration[PLANS_KEY], update)
+    try:
+        SADMSettings.from_configuration(configuration, SADM_CONFIGURATION)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"--predict-set: {e.args[0] if e.args else e}") from e
+    write_json_atomic(plans, plans_path)
+
+
+def start_variant(base_dir: Path, workdir: Path, base, spec, prediction_overrides: tuple[str, ...] = ()) -> Reuse:
+    """Seeds a variant's work folder with copies of what it shares with the base run (`what_to_reuse`): always the
+    cohort and the preprocessed data, and the models whose settings did not change, with their predictions. A
+    started variant resumes as any run does."""
     import shutil
 
+    from sadm_nnunet.experiment.pipeline import PLAIN_CONFIGURATION, SADM_CONFIGURATION
+
+    reuse = what_to_reuse(base, spec, prediction_overrides)
     if workdir.exists():
-        return
-    missing = [k for k in REUSED_STEPS if not (base / "steps" / f"{k}.json").is_file()]
+        return reuse
+    missing = [k for k in reuse.steps() if not (base_dir / "steps" / f"{k}.json").is_file()]
     if missing:
-        raise SystemExit(f"variant needs the finished base run {base} (run without --tag first); its steps "
+        raise SystemExit(f"variant needs the finished base run {base_dir} (run without --tag first); its steps "
                          f"{missing} are not done")
     c = spec.cohort
     tmp = workdir.with_name(workdir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "evaluation", "predictions/nnunet"):
-        shutil.copytree(base / folder, tmp / folder)
-    for trainer, configuration, dataset in ((spec.stage1_trainer, "2d", c.healthy_dataset),
-                                            (spec.plain_trainer, "2d", c.labelled_dataset)):
-        name = f"{trainer}__nnUNetPlans__{configuration}"
-        shutil.copytree(base / "nnUNet_results" / dataset / name, tmp / "nnUNet_results" / dataset / name)
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "evaluation") + (("predictions/nnunet",) if reuse.plain
+                                                                         else ()):
+        shutil.copytree(base_dir / folder, tmp / folder)
+    models = [(reuse.stage1, spec.stage1_trainer, PLAIN_CONFIGURATION, c.healthy_dataset),
+              (reuse.plain, spec.plain_trainer, PLAIN_CONFIGURATION, c.labelled_dataset),
+              (reuse.sadm, spec.sadm_trainer, SADM_CONFIGURATION, c.labelled_dataset)]
+    for reused, trainer, configuration, dataset in models:
+        if reused:
+            name = f"{trainer}__nnUNetPlans__{configuration}"
+            shutil.copytree(base_dir / "nnUNet_results" / dataset / name, tmp / "nnUNet_results" / dataset / name)
+    if prediction_overrides:  # the trained model's plans (what nnUNetv2_predict and sadm_nnunet_score read)
+        for plans in (tmp / "nnUNet_preprocessed" / c.labelled_dataset / "nnUNetPlans.json",
+                      tmp / "nnUNet_results" / c.labelled_dataset
+                      / f"{spec.sadm_trainer}__nnUNetPlans__{SADM_CONFIGURATION}" / "plans.json"):
+            apply_prediction_overrides(plans, prediction_overrides)
     (tmp / "steps").mkdir()
-    for key in REUSED_STEPS:
-        shutil.copy2(base / "steps" / f"{key}.json", tmp / "steps" / f"{key}.json")
+    for key in reuse.steps():
+        shutil.copy2(base_dir / "steps" / f"{key}.json", tmp / "steps" / f"{key}.json")
     tmp.rename(workdir)
+    return reuse
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -186,29 +280,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     parser.add_argument("--workdir", type=Path, default=Path("quality_benchmark_work"))
     parser.add_argument("--output", type=Path, help="JSON with every per-seed report and the summary")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="SADM settings (sadm_nnunet_plan)")
     parser.add_argument("--tag", default="", help="name of a variant (letters): its work folders start from the "
-                                                  "base run's (see above)")
+                                                  "base run's (see above); required by the options below")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[],
+                        help="SADM settings (sadm_nnunet_plan --set): SADM is retrained")
+    parser.add_argument("--set-denoiser", nargs="+", default=[],
+                        help="stage-I settings (sadm_nnunet_plan_diffusion --set): stage I and SADM are retrained")
+    parser.add_argument("--predict-set", nargs="+", default=[],
+                        help="reconstruction.* / scoring.* settings: the base run's trained SADM predicts again")
+    parser.add_argument("--sadm-trainer", help="another SADM trainer (e.g. QualitySADMTrainer_3epochs)")
+    parser.add_argument("--plain-trainer", help="another plain nnU-Net trainer (e.g. QualityPlainTrainer_3epochs)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--plot", type=Path, help="PNG of ⌈Dice⌉ per lesion kind and method")
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
+    variant = Variant(tuple(args.overrides), tuple(args.set_denoiser), tuple(args.predict_set), args.sadm_trainer,
+                      args.plain_trainer)
+    if variant != Variant() and not args.tag:
+        raise SystemExit("--set, --set-denoiser, --predict-set, --sadm-trainer and --plain-trainer describe a "
+                         "variant of the base run: give it a name with --tag")
 
     from sadm_nnunet.experiment.pipeline import run_experiment
 
     mode = "quick" if args.quick else "full"
-    if args.quick:  # the commands inherit it; our package appends its own trainer folder at start-up
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join(
-            p for p in (os.environ.get("nnUNet_extTrainer"), str(TRAINERS_FOLDER)) if p)
+    # the benchmark's own trainers; the commands inherit it (our package appends its own trainer folder at start-up)
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join(
+        p for p in (os.environ.get("nnUNet_extTrainer"), str(TRAINERS_FOLDER)) if p)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     start = time.perf_counter()
     per_seed, spec = {}, None
     for seed in seeds:
-        spec = replace(experiment(mode, seed, tuple(args.overrides), bool(args.tag)), device=args.device)
+        spec = replace(experiment(mode, seed, variant if args.tag else None), device=args.device)
         workdir = args.workdir / f"{mode}{args.tag}_seed{seed}"
         if args.tag:
-            start_variant(args.workdir / f"{mode}_seed{seed}", workdir, spec)
+            start_variant(args.workdir / f"{mode}_seed{seed}", workdir, experiment(mode, seed), spec,
+                          variant.prediction)
         print(f"=== seed {seed}: {workdir}", flush=True)
         per_seed[seed] = run_experiment(spec, workdir, split_brains)["reports"]
     summary = aggregate(per_seed)
@@ -223,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
 
         write_json_atomic({"date": datetime.date.today().isoformat(), "machine": platform.platform(),
                            "python": sys.version.split()[0], "mode": mode, "seeds": seeds,
-                           "overrides": args.overrides, "minutes": minutes, "table": text,
+                           "tag": args.tag, "variant": asdict(variant), "minutes": minutes, "table": text,
                            "summary": summary, "per_seed": per_seed}, args.output)
         print(f"Wrote {args.output}")
 

@@ -1,16 +1,20 @@
 """The benchmark scripts keep running (quick mode); their numbers are reported, not asserted against targets."""
+import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
-def run_quick(script: str, tmp_path) -> tuple[str, dict]:
+def run_quick(script: str, tmp_path, *extra: str, output: str = "results.json") -> tuple[str, dict]:
     """Runs a benchmark script in --quick mode; returns its terminal output and its JSON results."""
-    out = tmp_path / "results.json"
+    out = tmp_path / output
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick",
-                           "--workdir", str(tmp_path / "work"), "--output", str(out)],
+                           "--workdir", str(tmp_path / "work"), "--output", str(out), *extra],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text()
@@ -35,6 +39,41 @@ def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
     assert set(results["prediction"]["variants"]) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer"}
 
 
+def quality_benchmark_module():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change():
+    qb = quality_benchmark_module()
+    base = qb.experiment("full", 0)
+    reuse = qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant(sadm=("input_mode=image+reconstruction",))),
+                             ())
+    assert reuse == qb.Reuse(stage1=True, plain=True, sadm=False)
+    reuse = qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant(denoiser=("noise.kind=gaussian",))), ())
+    assert reuse == qb.Reuse(stage1=False, plain=True, sadm=False)
+    assert "train_stage1" not in reuse.steps() and "predict_nnunet" in reuse.steps()
+    longer = qb.Variant(sadm_trainer="QualitySADMTrainer_3epochs", plain_trainer="QualityPlainTrainer_3epochs")
+    reuse = qb.what_to_reuse(base, qb.experiment("full", 0, longer), ())
+    assert reuse == qb.Reuse(stage1=True, plain=False, sadm=False)
+    assert reuse.steps() == ("cohort", "plan", "plan_diffusion", "train_stage1")
+    prediction = ("reconstruction.noise_levels=[100]",)
+    reuse = qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant(prediction=prediction)), prediction)
+    assert reuse == qb.Reuse(stage1=True, plain=True, sadm=True) and "train_sadm" in reuse.steps()
+    with pytest.raises(SystemExit, match="changes nothing"):
+        qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant()), ())
+    with pytest.raises(SystemExit, match="cannot be combined"):
+        both = qb.Variant(denoiser=("noise.kind=gaussian",), prediction=prediction)
+        qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
+
+
 def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     stdout, results = run_quick("quality_benchmark.py", tmp_path)
     rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "sadm_draem"}
@@ -46,3 +85,35 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
             assert 0.0 <= best["mean"] <= 1.0 and best["seeds"] == 1 and best["std"] == 0.0
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in table[0]
+
+    # a prediction-only variant: the base run's trained SADM model (bit for bit), its plans with the new noise level
+    stdout, variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
+                                "reconstruction.noise_levels=[100]", output="low.json")
+    assert set(variant["summary"]) == rows - {"sadm_draem"} and variant["variant"]["prediction"] == [
+        "reconstruction.noise_levels=[100]"]
+    work = tmp_path / "work"
+    base_model = next((work / "quick_seed0" / "nnUNet_results").glob("*/QualityQuickSADMTrainer__*/fold_all"))
+    low_model = work / "quickLow_seed0" / base_model.relative_to(work / "quick_seed0")
+    assert digest(low_model / "checkpoint_final.pth") == digest(base_model / "checkpoint_final.pth")
+    plans = json.loads((low_model.parent / "plans.json").read_text())
+    assert plans["configurations"]["2d_sadm"]["sadm"]["reconstruction"] == {"noise_levels": [100]}
+    trained = [line for line in stdout.splitlines() if line.startswith("[") and "Training" in line]
+    assert trained and all("skipped" in line for line in trained)
+    base_scores = sorted((work / "quick_seed0" / "scores" / "sadm").glob("*_unsupervised.nii.gz"))
+    low_scores = [work / "quickLow_seed0" / p.relative_to(work / "quick_seed0") for p in base_scores]
+    assert base_scores and any(digest(a) != digest(b) for a, b in zip(base_scores, low_scores))
+    assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]  # the same predictions, copied
+
+    # a stage-I variant: Gaussian noise, stage I and SADM trained again, plain nnU-Net reused
+    stdout, variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Gauss", "--set-denoiser",
+                                "noise.kind=gaussian", output="gauss.json")
+    stage1 = next((work / "quickGauss_seed0" / "nnUNet_results").glob("*/QualityQuickDiffusionTrainer__*/"))
+    assert json.loads((stage1 / "plans.json").read_text())["configurations"]["2d"]["sadm_diffusion"]["noise"][
+        "kind"] == "gaussian"
+    base_stage1 = work / "quick_seed0" / stage1.relative_to(work / "quickGauss_seed0")
+    assert digest(stage1 / "fold_all" / "checkpoint_final.pth") != digest(base_stage1 / "fold_all" /
+                                                                          "checkpoint_final.pth")
+    assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]
+    trained = [line for line in stdout.splitlines() if line.startswith("[") and ("Stage I" in line or "Training" in
+                                                                                 line)]
+    assert [("skipped" in line) for line in trained] == [False, False, True]  # stage I, SADM, plain nnU-Net
