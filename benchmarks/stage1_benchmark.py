@@ -1,6 +1,7 @@
-"""Stage-I benchmark: training throughput of SADMDiffusionTrainer and reconstruction time per volume (CPU).
+"""Stage-I benchmark: training throughput of SADMDiffusionTrainer and reconstruction time per volume (CPU or GPU).
 
     python benchmarks/stage1_benchmark.py [--quick] [--output results.json] [--workdir DIR] [--threads 2]
+                                          [--device cpu|cuda]
 
 1. Training throughput (slices/s). (a) The real nnU-Net path: `SADMDiffusionTrainer` on a preprocessed nnU-Net
    dataset built from the healthy brains in `../shared/data/healthy_t1`: `on_train_start()`, then
@@ -14,7 +15,9 @@
    (patch_grid=2). A variant that would not fit in the time budget is run with fewer steps (iterative) or slices
    (patch-wise) and extrapolated linearly in network passes; the table says so.
 
-Medians over repeats; every ratio is against a baseline measured in the same run. `--quick` uses a tiny UNet and
+Medians over repeats; every ratio is against a baseline measured in the same run. With `--device cuda` both
+paths and the reconstruction run on the GPU (timings synchronise it) and the report adds the GPU's name and its
+peak allocated memory. `--quick` uses a tiny UNet and
 tiny data (for CI, well under 60 s); it never fails because of a timing result.
 
 Threads: torch runs with `--threads` (default 2) intra-op threads and, unless OMP_WAIT_POLICY is already set,
@@ -73,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, default=HEALTHY_SOURCE,
                    help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where training and reconstruction run")
     p.add_argument("--iterations", type=int, help="most timed training iterations per path (default: by mode)")
     p.add_argument("--min-iterations", type=int, help="fewest timed training iterations per path")
     p.add_argument("--warmup", type=int, help="untimed training iterations per path")
@@ -288,9 +292,19 @@ def healthy_volume(source: Path, shape: tuple[int, ...]):
     return z[None, None].float().contiguous()
 
 
+def synchronize(device) -> None:
+    """Waits for the GPU's queued work (timings of CUDA calls); nothing on the CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed_reconstruction(rec, volume) -> float:
+    synchronize(volume.device)
     t0 = time.perf_counter()
     out = rec(volume)
+    synchronize(volume.device)
     elapsed = time.perf_counter() - t0
     if out.shape != volume.shape or not bool(out.isfinite().all()):
         raise RuntimeError(f"reconstruction has shape {tuple(out.shape)} (expected {tuple(volume.shape)}) or "
@@ -378,8 +392,14 @@ def machine_info(device) -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "device": str(device), "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_at_start": list(load) if load else None}
+            "device": str(device), "gpu": gpu_name(device), "python": platform.python_version(),
+            "platform": platform.platform(), "load_average_at_start": list(load) if load else None}
+
+
+def gpu_name(device) -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
 
 
 def _cpu_model() -> str:
@@ -410,7 +430,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"### Stage-I benchmark ({results['mode']}), {results['date']}",
         "",
-        f"- Machine: {m['cpu_count']} CPUs ({m['cpu']}), device {m['device']}, torch {m['torch']} with "
+        f"- Machine: {m['cpu_count']} CPUs ({m['cpu']}), device {m['device']}"
+        f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, torch {m['torch']} with "
         f"{m['torch_threads']} threads (OMP_WAIT_POLICY={m['omp_wait_policy']}), load average at start {load}; "
         f"nnunetv2 {results['versions']['nnunetv2']}, diffusers {results['versions']['diffusers']}.",
         f"- Data: {ds['num_cases']} healthy cases (zoom {ds['zoom']}, spacing {ds['spacing']} mm); nnU-Net 2d "
@@ -447,6 +468,8 @@ def markdown(results: dict) -> str:
             how = f"**extrapolated**: {how} (measured {row['times_s'][0]:.2f} s)"
         lines.append(f"| {row['name']} | {row['passes_per_slice']} | {row['s_per_volume']:.2f} | "
                      f"{row['ratio_to_single_step']:.2f} | {how} |")
+    if results.get("peak_gpu_memory_mib") is not None:
+        lines += ["", f"Peak GPU memory allocated by torch: {results['peak_gpu_memory_mib']:.0f} MiB."]
     lines += ["", f"Total run time {results['runtime_s']:.1f} s (time budget {results['time_budget_s']:.0f} s; "
               f"dataset preparation {sum(ds['timings'].values()):.1f} s)."]
     return "\n".join(lines)
@@ -477,7 +500,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     np.random.seed(0)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch finds no CUDA device on this machine")
     machine = machine_info(device)
     budget_end = started + mode["time_budget_s"]
 
@@ -495,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
             training = benchmark_training(trainer, mode, train_deadline, log)
             print(f"[stage1_benchmark] training done after {time.perf_counter() - started:.1f} s; "
                   f"reconstruction ...", flush=True)
-            volume = healthy_volume(args.source.resolve(), mode["volume_shape"])
+            volume = healthy_volume(args.source.resolve(), mode["volume_shape"]).to(device)
             reconstruction = benchmark_reconstruction(trainer.denoiser().ema, trainer.settings, volume, mode,
                                                       budget_end)
             settings = trainer.settings.to_dict()
@@ -515,6 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training": training,
         "reconstruction": reconstruction,
         "time_budget_s": mode["time_budget_s"],
+        "peak_gpu_memory_mib": torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None,
         "runtime_s": time.perf_counter() - started,
     }
     write_report(results, markdown(results), args.output)

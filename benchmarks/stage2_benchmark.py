@@ -1,6 +1,7 @@
-"""Stage-II benchmark: SADMTrainer vs nnUNetTrainer through the real nnU-Net commands (CPU).
+"""Stage-II benchmark: SADMTrainer vs nnUNetTrainer through the real nnU-Net commands (CPU or GPU).
 
     python benchmarks/stage2_benchmark.py [--quick] [--output results.json] [--workdir DIR] [--threads 2]
+                                          [--device cpu|cuda]
 
 1. Set-up: a tumour dataset (`build_lesion_dataset`, training cases + held-out test cases) from the healthy brains
    in `../shared/data/healthy_t1`, `nnUNetv2_plan_and_preprocess -c 2d`, a stage-I model and `sadm_nnunet_plan`.
@@ -13,7 +14,7 @@
    and the peak RSS of the training process is recorded. The two trainers run alternately, `--repeats` times each,
    in a fresh fold folder every time. Reported: median s per `train_step`, the ratio SADM / nnU-Net (target
    <= 1.5), peak RSS and its ratio (target <= 1.3).
-3. Prediction: `nnUNetv2_predict` wall time on the test cases (-npp 1 -nps 1 -device cpu) for both trained models,
+3. Prediction: `nnUNetv2_predict` wall time on the test cases (-npp 1 -nps 1 -device DEVICE) for both trained models,
    alternating, median over repeats, ratio SADM / nnU-Net (target <= 1.5); SADM with --disable_tta once, for
    information (full run only).
 4. Where the time goes: the SADM trainer times the reconstruction (noise + frozen denoiser) inside each training
@@ -25,6 +26,10 @@ nnUNet_extTrainer, nnUNet_n_proc_DA=0 for training and prediction, 1 for plannin
 thread settings. Medians over repeats; every ratio compares runs of the same benchmark run. The run is sized to a
 time budget (`--time-budget`, 1080 s full, 80 s quick): after `--min-repeats` rounds a further round runs only if
 it fits. `--quick` (zoom 1/3, 6 mm, tiny denoiser, a few iterations; CI) never fails because of a timing result.
+
+`--device cuda` runs training, prediction and the tile timing on the GPU (timings synchronise it); the trainers then
+also record the peak GPU memory torch allocated (`torch.cuda.max_memory_allocated`), reported with its ratio next to
+the peak RSS. nnUNet_n_proc_DA is 0 unless set in the environment (on a GPU, data augmentation workers matter).
 
 Threads: nnUNetv2_train and nnUNetv2_predict set torch's threads to the number of CPUs on CPU whatever
 OMP_NUM_THREADS says; `--threads` (default 2) sets OMP_NUM_THREADS/MKL_NUM_THREADS of the commands and torch's
@@ -52,8 +57,8 @@ from types import ModuleType  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from stage1_benchmark import (_cpu_model, console_script, nnunet_env, prepare_workdir, versions,  # noqa: E402
-                             write_report)
+from stage1_benchmark import (_cpu_model, console_script, gpu_name, nnunet_env, prepare_workdir,  # noqa: E402
+                             synchronize, versions, write_report)
 
 HEALTHY_SOURCE = HERE.parents[1] / "shared" / "data" / "healthy_t1"
 TRAINERS_FOLDER = HERE / "trainers"
@@ -95,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder for nnUNet_raw/preprocessed/results (kept afterwards; default: a temporary folder)")
     p.add_argument("--source", type=Path, default=HEALTHY_SOURCE,
                    help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where nnUNetv2_train, nnUNetv2_predict and the tile timing run")
     p.add_argument("--threads", type=int, default=2,
                    help="OMP/MKL threads of the commands and torch threads of the tile timing (default 2)")
     p.add_argument("--iterations", type=int, help="timed training iterations per run (default: by mode)")
@@ -114,8 +121,9 @@ class Commands:
     """Runs console commands in a clean environment (only PATH, HOME, nnU-Net variables and thread settings) and
     keeps one log file per command in `logs/`."""
 
-    def __init__(self, workdir: Path, threads: int) -> None:
+    def __init__(self, workdir: Path, threads: int, device: str = "cpu") -> None:
         self.workdir = workdir
+        self.device = device
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.threads = threads
@@ -124,9 +132,11 @@ class Commands:
     def env(self, **extra: str) -> dict[str, str]:
         threads = str(self.threads)
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
-               **nnunet_env(self.workdir), "nnUNet_extTrainer": str(TRAINERS_FOLDER), "nnUNet_n_proc_DA": "0",
+               **nnunet_env(self.workdir), "nnUNet_extTrainer": str(TRAINERS_FOLDER),
+               "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0"),
                "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+               "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
+               **{k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH") if k in os.environ}}
         env.update(extra)
         return env
 
@@ -222,7 +232,8 @@ def train_once(commands: Commands, trainer: str, mode: dict, bench: ModuleType) 
     shutil.rmtree(fold, ignore_errors=True)
     fold.mkdir(parents=True)
     (fold / bench.SETTINGS_FILE).write_text(json.dumps({"warmup": mode["warmup"], "iterations": mode["iterations"]}))
-    wall = commands.run("nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", trainer, "-device", "cpu")
+    wall = commands.run("nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", trainer, "-device",
+                        commands.device)
     record = json.loads((fold / bench.RESULTS_FILE).read_text())
     expected = mode["warmup"] + mode["iterations"]
     if len(record["train_step_s"]) != expected:
@@ -244,7 +255,7 @@ def predict_once(commands: Commands, trainer: str, disable_tta: bool, num_cases:
     out = workdir / "predictions" / f"{trainer}{'_notta' if disable_tta else ''}"
     shutil.rmtree(out, ignore_errors=True)
     args = ["-i", workdir / "nnUNet_raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID, "-c",
-            CONFIGURATION, "-tr", trainer, "-f", FOLD, "-device", "cpu", "-npp", "1", "-nps", "1"]
+            CONFIGURATION, "-tr", trainer, "-f", FOLD, "-device", commands.device, "-npp", "1", "-nps", "1"]
     wall = commands.run("nnUNetv2_predict", *args, *(["--disable_tta"] if disable_tta else []))
     written = sorted(out.glob("*.nii.gz"))
     if len(written) != num_cases:
@@ -286,11 +297,15 @@ def summarise_training(runs: dict[str, list]) -> dict:
         recon = [t for rec in records for t in rec.get("timed_reconstruction_s", [])]
         if recon:
             out[name]["median_reconstruction_s"] = statistics.median(recon)
+        gpu = [rec["peak_gpu_allocated_mib"] for rec in records if rec.get("peak_gpu_allocated_mib") is not None]
+        out[name]["peak_gpu_allocated_mib"] = statistics.median(gpu) if gpu else None
     sadm, base = out[SADM_TRAINER], out[BASELINE_TRAINER]
     first = runs[SADM_TRAINER][0]
     time_ratio = sadm["median_s_per_train_step"] / base["median_s_per_train_step"]
     memory_ratio = sadm["peak_rss_mib"] / base["peak_rss_mib"]
-    return {"batch_size": first["batch_size"], "patch_size": first["patch_size"],
+    gpu_ratio = (sadm["peak_gpu_allocated_mib"] / base["peak_gpu_allocated_mib"]
+                 if sadm["peak_gpu_allocated_mib"] and base["peak_gpu_allocated_mib"] else None)
+    return {"gpu_memory_ratio": gpu_ratio, "batch_size": first["batch_size"], "patch_size": first["patch_size"],
             "torch_threads": first["torch_threads"], "trainers": out, "time_ratio": time_ratio,
             "target_time_ratio": TARGET_TIME_RATIO, "time_target_met": time_ratio <= TARGET_TIME_RATIO,
             "memory_ratio": memory_ratio, "target_memory_ratio": TARGET_MEMORY_RATIO,
@@ -313,7 +328,7 @@ def summarise_prediction(runs: dict[str, list[float]], num_cases: int) -> dict:
 # where the time goes: one tile through each part, in this process
 
 
-def tile_breakdown(workdir: Path, repeats: int) -> dict:
+def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
     """Milliseconds per sliding-window tile (batch 1, eval mode, no gradients) of the reconstruction, the SADM
     segmentation network (image + residual) and nnU-Net's network, built from the plans with random weights;
     parts alternate, medians over `repeats`. Also the implied network time per tile of a prediction with mirroring
@@ -335,12 +350,13 @@ def tile_breakdown(workdir: Path, repeats: int) -> dict:
     channels = len(dataset_json["channel_names"])
     heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     torch.manual_seed(0)
-    sadm = SADMTrainer.build_network_architecture(plans_manager, configuration, channels, heads, False).eval()
-    base = nnUNetTrainer.build_network_architecture(plans_manager, configuration, channels, heads, False).eval()
-    tile = torch.randn(1, channels, *configuration.patch_size)
+    sadm = SADMTrainer.build_network_architecture(plans_manager, configuration, channels, heads, False)
+    base = nnUNetTrainer.build_network_architecture(plans_manager, configuration, channels, heads, False)
+    sadm, base = sadm.to(device).eval(), base.to(device).eval()
+    tile = torch.randn(1, channels, *configuration.patch_size, device=device)
     with torch.no_grad():
         stacked = sadm.stack(tile)
-    level = torch.tensor([sadm.reconstructor.options.noise_levels[0]])
+    level = torch.tensor([sadm.reconstructor.options.noise_levels[0]], device=device)
 
     def gflop(fn) -> float:
         with FlopCounterMode(display=False) as counter:
@@ -362,8 +378,10 @@ def tile_breakdown(workdir: Path, repeats: int) -> dict:
             fn()
         for _ in range(repeats):
             for name, fn in parts.items():
+                synchronize(device)
                 start = time.perf_counter()
                 fn()
+                synchronize(device)
                 times[name].append(1000 * (time.perf_counter() - start))
     ms = {name: statistics.median(t) for name, t in times.items()}
     passes = sadm.reconstructor.passes_per_slice()
@@ -389,13 +407,14 @@ def tile_breakdown(workdir: Path, repeats: int) -> dict:
 # report
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: str = "cpu") -> dict:
     import platform
 
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__, "threads": threads,
+            "device": device, "gpu": gpu_name(device),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
             "platform": platform.platform(), "load_average_at_start": list(load) if load else None}
 
@@ -416,7 +435,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"### Stage-II benchmark ({results['mode']}), {results['date']}",
         "",
-        f"- Machine: {m['cpu_count']} CPUs ({m['cpu']}), torch {m['torch']}; the nnU-Net commands ran with "
+        f"- Machine: {m['cpu_count']} CPUs ({m['cpu']}), device {m.get('device', 'cpu')}"
+        f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, torch {m['torch']}; the nnU-Net commands ran with "
         f"{tr['torch_threads']} torch threads (OMP_NUM_THREADS={m['threads']}, "
         f"OMP_WAIT_POLICY={m['omp_wait_policy']}); "
         f"load average at start {load}, at end {load_end}; nnunetv2 {results['versions']['nnunetv2']}, "
@@ -442,12 +462,15 @@ def markdown(results: dict) -> str:
         f"{sadm['median_s_per_iteration']:.3f} | {sadm['peak_rss_mib']:.0f} |",
         f"| ratio SADM / nnU-Net | **{tr['time_ratio']:.2f}** | | "
         f"{sadm['median_s_per_iteration'] / base['median_s_per_iteration']:.2f} | **{tr['memory_ratio']:.2f}** |",
+        *([f"| peak GPU memory allocated by torch (MiB): nnU-Net / SADM / ratio | "
+           f"{base['peak_gpu_allocated_mib']:.0f} | {sadm['peak_gpu_allocated_mib']:.0f} | "
+           f"**{tr['gpu_memory_ratio']:.2f}** | |"] if tr.get("gpu_memory_ratio") else []),
         "",
         f"Targets: time per training step SADM / nnU-Net <= {tr['target_time_ratio']}: "
         f"**{met(tr['time_target_met'])}**; peak RSS SADM / nnU-Net <= {tr['target_memory_ratio']}: "
         f"**{met(tr['memory_target_met'])}**.",
         "",
-        f"Prediction (`nnUNetv2_predict -device cpu -npp 1 -nps 1`, {pr['num_cases']} test case(s); wall time of the "
+        f"Prediction (`nnUNetv2_predict -device {m.get('device', 'cpu')} -npp 1 -nps 1`, {pr['num_cases']} test case(s); wall time of the "
         f"command including start-up; SADM and nnU-Net alternate):",
         "",
         "| model | runs | s (median) | ratio to nnU-Net |",
@@ -514,13 +537,15 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    machine = machine_info(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch finds no CUDA device on this machine")
+    machine = machine_info(args.threads, args.device)
     budget_end = started + mode["time_budget_s"]
     sys.path.insert(0, str(TRAINERS_FOLDER))
     bench = importlib.import_module(TRAINERS_MODULE)
 
     try:
-        commands = Commands(workdir, args.threads)
+        commands = Commands(workdir, args.threads, args.device)
         print(f"[stage2_benchmark] {mode_name} mode, work folder {workdir}, time budget "
               f"{mode['time_budget_s']:.0f} s; the stage-I denoiser has RANDOM weights (speed and memory do not "
               f"depend on them)", flush=True)
@@ -542,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict:
             variants[NO_TTA] = lambda: predict_once(commands, SADM_TRAINER, True, n_test)
         predict_runs = alternate(variants, mode, budget_end, "[stage2_benchmark] prediction", once=(NO_TTA,))
         prediction = summarise_prediction(predict_runs, n_test)
-        tiles = tile_breakdown(workdir, mode["tile_repeats"])
+        tiles = tile_breakdown(workdir, mode["tile_repeats"], args.device)
     finally:
         if tmp is not None:
             tmp.cleanup()

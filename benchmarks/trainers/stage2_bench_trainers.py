@@ -50,13 +50,18 @@ class BenchmarkTimingMixin:
         self.step_starts: list[float] = []
         self.peak_rss_at_train_start_kib = 0
 
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def on_train_start(self):
         super().on_train_start()
         self.peak_rss_at_train_start_kib = peak_rss_kib()
+        if self.on_gpu():
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def train_step(self, batch: dict) -> dict:
         start = time.perf_counter()
-        out = super().train_step(batch)
+        out = super().train_step(batch)  # its loss comes back to the CPU: the GPU's work is done
         self.step_times.append(time.perf_counter() - start)
         self.step_starts.append(start)
         return out
@@ -70,8 +75,9 @@ class BenchmarkTimingMixin:
 
     def on_train_end(self):
         peak = peak_rss_kib()
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if self.on_gpu() else None
         super().on_train_end()
-        write_json_atomic({**self.benchmark_results(), "peak_rss_kib": peak,
+        write_json_atomic({**self.benchmark_results(), "peak_rss_kib": peak, "peak_gpu_allocated_mib": gpu,
                            "peak_rss_at_train_start_kib": self.peak_rss_at_train_start_kib},
                           Path(self.output_folder) / RESULTS_FILE)
 
@@ -104,8 +110,12 @@ class SADMBenchTrainer(BenchmarkTimingMixin, SADMTrainer):
         reconstruct = network.reconstruct
 
         def timed_reconstruct(images: torch.Tensor) -> torch.Tensor:
+            if self.on_gpu():
+                torch.cuda.synchronize(self.device)
             start = time.perf_counter()
             out = reconstruct(images)
+            if self.on_gpu():
+                torch.cuda.synchronize(self.device)
             self._reconstruction_s += time.perf_counter() - start
             return out
 
