@@ -39,8 +39,9 @@ def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
     assert set(results["prediction"]["variants"]) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer"}
 
 
-def quality_benchmark_module():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality_benchmark.py")
+def load_script(name: str):
+    """A benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -52,7 +53,7 @@ def digest(path) -> str:
 
 
 def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change():
-    qb = quality_benchmark_module()
+    qb = load_script("quality_benchmark")
     base = qb.experiment("full", 0)
     reuse = qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant(sadm=("input_mode=image+reconstruction",))),
                              ())
@@ -87,8 +88,9 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     assert len(table) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in table[0]
 
     # a prediction-only variant: the base run's trained SADM model (bit for bit), its plans with the new noise level
-    stdout, variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
-                                "reconstruction.noise_levels=[100]", output="low.json")
+    stdout, low = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
+                            "reconstruction.noise_levels=[100]", output="low.json")
+    variant = low
     assert set(variant["summary"]) == rows - {"sadm_draem"} and variant["variant"]["prediction"] == [
         "reconstruction.noise_levels=[100]"]
     work = tmp_path / "work"
@@ -117,3 +119,15 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     trained = [line for line in stdout.splitlines() if line.startswith("[") and ("Stage I" in line or "Training" in
                                                                                  line)]
     assert [("skipped" in line) for line in trained] == [False, False, True]  # stage I, SADM, plain nnU-Net
+
+    # the paired comparison of both variants with the base run
+    numbers = load_script("quality_compare").main([str(tmp_path / "results.json"), f"Low={tmp_path / 'low.json'}",
+                                                   f"Gauss={tmp_path / 'gauss.json'}", "--output",
+                                                   str(tmp_path / "comparison.md")])
+    assert numbers["Low"]["nnunet"]["stroke/best_dice"]["diffs"] == {"0": 0.0}
+    for name, run in (("Low", low), ("Gauss", variant)):
+        expected = (run["per_seed"]["0"]["sadm"]["stroke"]["mean"]["best_dice"]
+                    - results["per_seed"]["0"]["sadm"]["stroke"]["mean"]["best_dice"])
+        assert numbers[name]["sadm"]["stroke/best_dice"]["diffs"]["0"] == pytest.approx(expected)
+    table = (tmp_path / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| run | method | seeds | tumour ⌈Dice⌉") and len(table) == 2 + 3 * 4 + 2
