@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sadm_nnunet.diffusion.model import Denoiser
+from sadm_nnunet.diffusion.model import EMADenoiser
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import DiffusionSettings
 
@@ -14,7 +14,7 @@ TINY = {"unet": {"base_channels": 8, "max_channels": 16, "norm_num_groups": 4, "
 def model():
     torch.manual_seed(0)
     settings = DiffusionSettings.from_dict(TINY)
-    return Denoiser.from_settings(settings, (32, 32), 2).ema, settings
+    return EMADenoiser.from_settings(settings, (32, 32), 2).ema, settings
 
 
 def slices(n=6, c=2, h=30, w=28, seed=0):

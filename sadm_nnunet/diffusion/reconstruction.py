@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
-from sadm_nnunet.diffusion.model import SCHEDULERS, make_scheduler
+from sadm_nnunet.diffusion.model import SCHEDULERS, ConditionedUNet, make_scheduler, parts
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.settings import DiffusionSettings, ReconstructionSettings
 

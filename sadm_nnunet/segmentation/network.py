@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, build_model
+from sadm_nnunet.diffusion.model import ConditionedUNet, build_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.segmentation.settings import SADMSettings

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
+from sadm_nnunet.diffusion.model import ConditionedUNet, parts
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model

@@ -27,7 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from sadm_nnunet.anomaly_maps import masked_mean, ssim_map
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, save_diffusion_model
-from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
+from sadm_nnunet.diffusion.model import EMADenoiser, make_scheduler
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import PLANS_KEY, DiffusionSettings
@@ -105,12 +105,12 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> Denoiser:
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> EMADenoiser:
         settings = DiffusionSettings.from_configuration(configuration_manager.configuration)
-        return Denoiser.from_settings(settings, tuple(configuration_manager.patch_size), num_input_channels)
+        return EMADenoiser.from_settings(settings, tuple(configuration_manager.patch_size), num_input_channels)
 
     # ---- network plumbing ----
-    def denoiser(self) -> Denoiser:
+    def denoiser(self) -> EMADenoiser:
         return self.unwrapped_network()
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
