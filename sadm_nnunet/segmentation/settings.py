@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings)
+from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings,
+                                            setting_checker)
 
 PLANS_KEY = "sadm"
 TEMPLATE_NAME = "sadm.json"
@@ -57,10 +58,7 @@ class ScoringSettings:
         return s
 
     def validate(self, where: str = f"{PLANS_KEY}.scoring") -> None:
-        def check(ok: bool, key: str, found, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
-
+        check = setting_checker(where)
         check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
         for key in ("median_size", "mask_erosion", "min_component_size"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
@@ -133,10 +131,7 @@ class SADMSettings:
         return s
 
     def validate(self, where: str = PLANS_KEY) -> None:
-        def check(ok: bool, key: str, found, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
-
+        check = setting_checker(where)
         check(self.input_mode in INPUT_MODES, "input_mode", self.input_mode, f"one of {INPUT_MODES}")
         check(self.training_noise_level in TRAINING_NOISE_LEVELS, "training_noise_level",
               self.training_noise_level, f"one of {TRAINING_NOISE_LEVELS}")

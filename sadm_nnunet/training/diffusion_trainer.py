@@ -190,7 +190,7 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
         a, b = self.settings.to_model_space(images.float()), self.settings.to_model_space(reconstruction.float())
         mask = (images != 0).any(1, keepdim=True)
         l1 = masked_mean((a - b).abs(), mask)
-        ssim = masked_mean(ssim_map(a, b, data_range=2.0), mask)
+        ssim = masked_mean(ssim_map(a, b, data_range=self.settings.ssim_data_range), mask)
         keep = mask.flatten(1).any(1)
         return l1[keep].cpu().numpy(), ssim[keep].cpu().numpy()
 
