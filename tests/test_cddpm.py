@@ -184,7 +184,7 @@ def test_incomplete_or_inconsistent_cddpm_exports_are_clear_errors(tmp_path):
 
 
 def test_trainers_set_or_refuse_the_planned_conditioning(nnunet, healthy_dataset):
-    from sadm_nnunet.training.diffusion_trainer import resolve_diffusion_settings
+    from sadm_nnunet.nnunet_plans import resolve_diffusion_settings
 
     plans = json.loads((nnunet.preprocessed / healthy_dataset / "nnUNetPlans.json").read_text())
     cddpm = resolve_diffusion_settings(copy.deepcopy(plans), "2d", "conv", "SADMDiffusionTrainer_cDDPM")

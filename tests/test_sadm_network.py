@@ -12,7 +12,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from sadm_nnunet.diffusion.settings import DiffusionSettings, unet_config
 from sadm_nnunet.segmentation.network import SADMNetwork
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model, sadm_block
-from sadm_nnunet.training.sadm_trainer import SADMTrainer, resolve_sadm_settings
+from sadm_nnunet.nnunet_plans import resolve_sadm_settings
+from sadm_nnunet.training.sadm_trainer import SADMTrainer
 
 from conftest import TINY_UNET
 
@@ -109,7 +110,7 @@ def test_wrong_channel_count_and_missing_sadm_block_give_clear_errors(sadm_plans
         net(torch.randn(1, 3, *sadm_plans["configurations"]["2d"]["patch_size"]))
     with pytest.raises(ValueError, match="not an SADM configuration.*sadm_nnunet_plan"):
         build(sadm_plans, configuration="2d")
-    with pytest.raises(ValueError, match="'3d_sadm' is not in the plans"):
+    with pytest.raises(ValueError, match="have no configuration '3d_sadm'"):
         resolve_sadm_settings(sadm_plans, "3d_sadm")
 
 

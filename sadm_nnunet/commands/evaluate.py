@@ -25,7 +25,7 @@ OUT.json: "per_case", "mean", "std", "count" (cases per metric), "threshold", "t
 
 --figures FIG_DIR writes one PNG per case and contact_sheet.png (see sadm_nnunet.figures): input (from --images,
 CASE_0000.nii.gz), reconstruction and unsupervised map (from --maps: CASE_reconstruction_0000.nii.gz and
-CASE_unsupervised.nii.gz as sadm_nnunet_score writes them, or CASE_ssim.nii.gz from sadm_nnunet_reconstruct),
+CASE_unsupervised.nii.gz as sadm_nnunet_score and sadm_nnunet_reconstruct write them),
 the evaluated score, prediction (score >= threshold) and reference outline. Panels whose files are not given are
 left empty. A sadm_nnunet_score folder serves as both -pred (with --pred-suffix _score) and --maps.
 """
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="a fixed threshold instead of validation cases")
     parser.add_argument("-mask", type=Path, help="brain masks of the evaluated cases (evaluate only the brain)")
     parser.add_argument("-val-mask", type=Path, help="brain masks of the validation cases")
-    parser.add_argument("--pred-suffix", default="", help="score files are CASE{suffix}.nii.gz (e.g. _ssim)")
+    parser.add_argument("--pred-suffix", default="", help="score files are CASE{suffix}.nii.gz (e.g. _score)")
     parser.add_argument("--ignore-label", type=int, default=None,
                         help="reference value whose voxels are not evaluated (nnU-Net's ignore label, e.g. 2 for "
                              "WMH converted by sadm_nnunet_convert)")

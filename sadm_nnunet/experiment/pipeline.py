@@ -74,8 +74,7 @@ def write_probability_maps(predictions: Path, out: Path, suffix: str = "_probabi
     input's geometry (CASE.pkl's properties; plans.json/dataset.json that nnUNetv2_predict writes beside them)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from sadm_nnunet.commands.score import load_foreground_probability
-    from sadm_nnunet.nnunet_cases import write_volumes
+    from sadm_nnunet.nnunet_cases import load_foreground_probability, write_volumes
 
     plans = PlansManager(json.loads((predictions / "plans.json").read_text()))
     dataset_json = json.loads((predictions / "dataset.json").read_text())

@@ -31,7 +31,8 @@ class SyntheticAnomalySettings:
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    """How `sadm_nnunet_score` computes the anomaly maps (block `scoring`; meanings in plans/sadm.json)."""
+    """How the anomaly maps are computed (`anomaly_maps`, used by sadm_nnunet_score and sadm_nnunet_reconstruct;
+    block `scoring`; meanings and defaults in plans/sadm.json, their one home)."""
     beta: float
     median_size: int
     clip_dissimilarity: bool
@@ -67,14 +68,18 @@ class ScoringSettings:
         check(self.min_component_size == 0 or t is not None, "component_threshold", t,
               f"a number (the score level), since min_component_size is {self.min_component_size}")
 
-    def score_options(self, beta: float | None = None, slice_axis: int = 0):
-        """The `anomaly_maps` options these settings describe (`beta` overrides the plans' value)."""
-        from sadm_nnunet.anomaly_maps import ScoreOptions
+    def with_beta(self, beta: float | None) -> "ScoringSettings":
+        """These settings with another beta (None: unchanged), validated."""
+        if beta is None:
+            return self
+        s = replace(self, beta=float(beta))
+        s.validate()
+        return s
 
-        return ScoreOptions(beta=self.beta if beta is None else float(beta), median_size=self.median_size,
-                            mask_erosion=self.mask_erosion, min_component_size=self.min_component_size,
-                            component_threshold=self.component_threshold, slice_axis=slice_axis,
-                            clip_dissimilarity=self.clip_dissimilarity)
+    @classmethod
+    def template(cls) -> "ScoringSettings":
+        """The template's scoring settings (plans/sadm.json), for maps made without a trained SADM model."""
+        return cls.from_dict(load_template(TEMPLATE_NAME)["scoring"])
 
 
 @dataclass(frozen=True)
