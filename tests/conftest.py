@@ -50,8 +50,10 @@ class NNUNet:
         return proc
 
     def plan(self, dataset_id: int) -> None:
-        # nnU-Net's planner needs nnUNet_n_proc_DA >= 1 (it sets torch threads from it)
-        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "1", nnUNet_n_proc_DA="1")
+        # nnU-Net's planner needs nnUNet_n_proc_DA >= 1 (it sets torch threads from it); -npfp 1: its fingerprint
+        # step otherwise starts 8 processes
+        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "1", "-npfp", "1",
+                 nnUNet_n_proc_DA="1")
 
     def fold_folder(self, dataset: str, trainer: str, configuration: str = "2d", fold: str = "all") -> Path:
         return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
