@@ -22,11 +22,13 @@ def run_quick(script: str, tmp_path, *extra: str, output: str = "results.json") 
     return proc.stdout, json.loads(text)
 
 
+@pytest.mark.slow
 def test_stage1_benchmark_quick_mode_runs_and_reports(tmp_path):
     stdout, _ = run_quick("stage1_benchmark.py", tmp_path)
     assert "Target (a)/(b) >= 0.9" in stdout and "passes / slice" in stdout
 
 
+@pytest.mark.slow
 def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
     stdout, results = run_quick("stage2_benchmark.py", tmp_path)
     assert "random weights (untrained)" in stdout and "ms / tile" in stdout
@@ -75,6 +77,7 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
         qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
 
 
+@pytest.mark.slow
 def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     stdout, results = run_quick("quality_benchmark.py", tmp_path)
     rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "sadm_draem"}

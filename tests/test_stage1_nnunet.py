@@ -150,6 +150,7 @@ def test_truncated_checkpoint_gives_a_clear_error(trained_stage1, nnunet, health
     assert "truncated" in proc.stderr
 
 
+@pytest.mark.slow  # starts nnUNetv2_train
 def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "3d_fullres", "all", "-tr", "SADMDiffusionTrainer",
                       "-device", "cpu", check=False)
@@ -157,6 +158,7 @@ def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     assert "trains on 2D slices" in proc.stderr and "3d_fullres" in proc.stderr
 
 
+@pytest.mark.slow  # starts nnUNetv2_train
 def test_dataset_with_lesion_labels_is_refused(nnunet):
     from sadm_nnunet.datasets.healthy_cohort import load_brains, random_subject, write_case, write_dataset_json
     folder = nnunet.raw / "Dataset502_Lesions"
