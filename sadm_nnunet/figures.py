@@ -239,7 +239,10 @@ def contact_sheet_layout(n: int, columns: int = 5) -> SheetLayout:
     cols = min(columns, n)
     rows = math.ceil(n / cols)
     tile_h = CAPTION_INCHES + 2 * SHEET_PANEL_INCHES
-    px = lambda inches: round(inches * DPI)  # noqa: E731
+
+    def px(inches: float) -> int:
+        return round(inches * DPI)
+
     inset = 0.03 * SHEET_PANEL_INCHES
     boxes: dict[str, list] = {"score": [], "prediction": []}
     for i in range(n):
