@@ -144,6 +144,7 @@ def cases_in(folder: Path) -> list[str]:
 
 
 # ---- nnU-Net accepts the converted datasets ----
+@pytest.mark.slow  # nnU-Net's integrity check of five datasets and a fingerprint, in subprocesses: minutes
 def test_nnunet_verifies_converted_datasets(converted):
     """nnU-Net's own integrity check on all five datasets (its function: the console commands add a fingerprint
     that costs about 10 s per dataset and channel here), and the console command on the one with an ignore label."""
