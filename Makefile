@@ -1,10 +1,10 @@
 # One-line set-up for a fresh machine: `make demo` installs everything into .venv and runs sadm_nnunet_demo;
-# `make test` installs everything and runs the tests.
+# `make test` installs everything and runs the tests; `make test-fast` runs those that train nothing (the edit loop).
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install test demo demo-quick benchmark
+.PHONY: install test test-fast demo demo-quick benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ install: $(BIN)/python
 
 test: install
 	$(BIN)/python -m pytest -q --durations=12 tests
+
+# Without the tests marked `slow` (nnU-Net trainings and predictions, the demo, the benchmarks' quick runs; see
+# pytest.ini). Installs only when the package is not installed yet.
+test-fast: $(BIN)/python
+	@$(BIN)/python -c "import sadm_nnunet, pytest" 2>/dev/null || $(MAKE) install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=12 tests
 
 demo: install
 	$(BIN)/sadm_nnunet_demo

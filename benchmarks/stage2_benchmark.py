@@ -33,35 +33,29 @@ the peak RSS. nnUNet_n_proc_DA is 0 unless set in the environment (on a GPU, dat
 
 Threads: nnUNetv2_train and nnUNetv2_predict set torch's threads to the number of CPUs on CPU whatever
 OMP_NUM_THREADS says; `--threads` (default 2) sets OMP_NUM_THREADS/MKL_NUM_THREADS of the commands and torch's
-threads for the in-process tile timing. OMP_WAIT_POLICY=PASSIVE unless already set (see stage1_benchmark.py: libgomp's
+threads for the in-process tile timing. OMP_WAIT_POLICY=PASSIVE unless already set (see common.py: libgomp's
 spin-waiting slows small ops ~50x on the 2-vCPU development VMs).
 """
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
 import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
 
-# Must be set before torch (libgomp) is loaded; see the module docstring.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# common sets OMP_WAIT_POLICY before torch (libgomp) is loaded; see the module docstring.
+from common import (TRAINERS_FOLDER, console_script, format_load, load_average, machine_info,  # noqa: E402
+                    nnunet_env, now, prepare_workdir, select_mode, synchronize, timing_arguments, versions,
+                    write_report)
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from stage1_benchmark import (_cpu_model, console_script, gpu_name, nnunet_env, prepare_workdir,  # noqa: E402
-                             synchronize, versions, write_report)
-
-HEALTHY_SOURCE = HERE.parents[1] / "shared" / "data" / "healthy_t1"
-TRAINERS_FOLDER = HERE / "trainers"
 TRAINERS_MODULE = "stage2_bench_trainers"
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_BenchTumour"
@@ -93,17 +87,9 @@ MODES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny denoiser, tiny data, a few iterations (CI)")
-    p.add_argument("--output", type=Path, help="write the results to this JSON file")
-    p.add_argument("--workdir", type=Path,
-                   help="folder for nnUNet_raw/preprocessed/results (kept afterwards; default: a temporary folder)")
-    p.add_argument("--source", type=Path, default=HEALTHY_SOURCE,
-                   help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where nnUNetv2_train, nnUNetv2_predict and the tile timing run")
-    p.add_argument("--threads", type=int, default=2,
-                   help="OMP/MKL threads of the commands and torch threads of the tile timing (default 2)")
+    p = timing_arguments(__doc__, quick="tiny denoiser, tiny data, a few iterations (CI)",
+                         threads="OMP/MKL threads of the commands and torch threads of the tile timing (default 2)",
+                         device="where nnUNetv2_train, nnUNetv2_predict and the tile timing run")
     p.add_argument("--iterations", type=int, help="timed training iterations per run (default: by mode)")
     p.add_argument("--warmup", type=int, help="untimed training iterations before them")
     p.add_argument("--repeats", type=int, help="most runs per trainer / prediction variant (default: by mode)")
@@ -407,18 +393,6 @@ def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
 # report
 
 
-def machine_info(threads: int, device: str = "cpu") -> dict:
-    import platform
-
-    import torch
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__, "threads": threads,
-            "device": device, "gpu": gpu_name(device),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_at_start": list(load) if load else None}
-
-
 def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -426,8 +400,7 @@ def met(ok: bool) -> str:
 def markdown(results: dict) -> str:
     m, ds, tr, pr, tb = (results[k] for k in ("machine", "dataset", "training", "prediction", "tiles"))
     den = ds["denoiser"]
-    load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"]) if m["load_average_at_start"] else "n/a"
-    load_end = ", ".join(f"{x:.2f}" for x in results["load_average_at_end"])
+    load, load_end = format_load(m["load_average_at_start"]), format_load(results["load_average_at_end"])
     sadm, base = tr["trainers"][SADM_TRAINER], tr["trainers"][BASELINE_TRAINER]
     n_runs = len(sadm["runs"])
     timed = len(sadm["runs"][0]["timed_train_step_s"])
@@ -520,12 +493,8 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    mode_name = "quick" if args.quick else "full"
-    mode = dict(MODES[mode_name])
-    for key in ("iterations", "warmup", "repeats", "min_repeats", "time_budget_s"):
-        if getattr(args, key) is not None:
-            mode[key] = getattr(args, key)
+    date = now()
+    mode_name, mode = select_mode(args, MODES, ("iterations", "warmup", "repeats", "min_repeats", "time_budget_s"))
     mode["min_repeats"] = min(mode["min_repeats"], mode["repeats"])
     if mode["iterations"] < 2 or mode["warmup"] < 0 or mode["repeats"] < 1 or args.threads < 1:
         raise SystemExit("--iterations must be >= 2, --repeats and --threads >= 1, --warmup >= 0")
@@ -539,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch finds no CUDA device on this machine")
-    machine = machine_info(args.threads, args.device)
+    machine = machine_info(args.device, args.threads)
     budget_end = started + mode["time_budget_s"]
     sys.path.insert(0, str(TRAINERS_FOLDER))
     bench = importlib.import_module(TRAINERS_MODULE)
@@ -583,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training": training,
         "prediction": prediction,
         "tiles": tiles,
-        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
+        "load_average_at_end": load_average(),
         "runtime_s": time.perf_counter() - started,
     }
     write_report(results, markdown(results), args.output)

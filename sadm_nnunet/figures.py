@@ -1,12 +1,18 @@
 """Pictures a reader can check the numbers with: per-case PNGs of the slices with the most anomaly, and a contact
 sheet over cases (matplotlib, Agg backend, no display needed).
 
-Per case, one row per slice: input | reconstruction | unsupervised map | fused score | input with the prediction
-(score >= threshold, red) and the reference outline (green). Map panels have a colour bar. Volumes are shown in
-RAS orientation (`nib.as_closest_canonical`), axial slices, left of the subject on the left of the picture.
+Per case, one row per slice: input | reconstruction | unsupervised map | score | input with the prediction
+(score >= threshold, red) and the reference outline (green). Map panels have a colour bar. The contact sheet shows
+per case its slice with the most anomaly twice: the score over the input (one colour bar for all cases, the
+threshold marked on it) and, below, the prediction at the threshold (red) with the reference outline (green); a
+tile whose prediction is empty says so. The score is titled by what it is (`score_label`): the beta that
+sadm_nnunet_score recorded in the score folder's score_settings.json tells a fused score from a segmentation's
+probability. Volumes are shown in RAS orientation (`nib.as_closest_canonical`), axial slices, left of the subject
+on the left of the picture.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +24,38 @@ from sadm_nnunet.io_utils import atomic_path
 
 AXIAL = 2  # the axial axis of an array in RAS orientation
 PANEL_INCHES = 2.6
-TILE_INCHES = 1.8
-CAPTION_INCHES = 0.35
-DPI = 80
+SHEET_PANEL_INCHES = 2.4   # one slice of a contact-sheet tile
+CAPTION_INCHES = 0.55      # the caption above a tile: case, metrics, an empty prediction
+COLORBAR_INCHES = 1.1      # the shared colour bar right of the tiles, with its tick labels
+DPI = 100
+PREDICTION_RGBA = (1.0, 0.1, 0.1, 0.6)  # the prediction at the threshold, filled, over the grey input
+SCORE_SETTINGS_FILE = "score_settings.json"  # what sadm_nnunet_score writes into its output folder
+
+
+def score_label(beta: float | None, suffix: str = "_score") -> str:
+    """What a score map shows: sadm_nnunet_score's CASE_unsupervised is the reconstruction-only map; CASE_score is
+    the fused score of its beta (0: the segmentation's foreground probability; 1: the unsupervised map)."""
+    if suffix == "_unsupervised":
+        return "unsupervised (1 - SSIM)"
+    if beta is None:
+        return "score"
+    if beta == 0:
+        return "score (β 0: segmentation probability)"
+    if beta == 1:
+        return "unsupervised (β 1)"
+    return f"fused score (β {beta:g})"
+
+
+def recorded_beta(score_folder: str | Path) -> float | None:
+    """The beta that sadm_nnunet_score recorded in the folder's score_settings.json; None without that file."""
+    settings = Path(score_folder) / SCORE_SETTINGS_FILE
+    if not settings.is_file():
+        return None
+    try:
+        beta = json.loads(settings.read_text()).get("beta")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise EvaluationError(f"{settings} is not a JSON object ({e}); expected sadm_nnunet_score's settings")
+    return None if beta is None else float(beta)
 
 
 @dataclass
@@ -95,11 +130,11 @@ def _map_range(volume: np.ndarray | None, threshold: float | None = None) -> tup
 def _overlay(ax, background: np.ndarray | None, window, prediction: np.ndarray | None,
              reference: np.ndarray | None) -> None:
     if background is not None:
-        ax.imshow(background, cmap="gray", vmin=window[0], vmax=window[1], origin="lower")
+        ax.imshow(background, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", interpolation="nearest")
     if prediction is not None and prediction.any():
         rgba = np.zeros((*prediction.shape, 4), dtype=np.float32)
-        rgba[prediction] = (1.0, 0.1, 0.1, 0.55)
-        ax.imshow(rgba, origin="lower")
+        rgba[prediction] = PREDICTION_RGBA
+        ax.imshow(rgba, origin="lower", interpolation="nearest")
     if reference is not None and reference.any() and reference.shape[0] > 1 and reference.shape[1] > 1:
         ax.contour(reference.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.0)
     if background is None and reference is not None:
@@ -113,8 +148,10 @@ def case_figure_size(rows: int) -> tuple[int, int]:
 
 
 def case_figure(path: str | Path, volumes: CaseVolumes, threshold: float | None = None,
-                slices: list[int] | None = None, axis: int = AXIAL, title: str = "") -> Path:
-    """Writes the per-case PNG (atomically) and returns its path; size `case_figure_size(len(slices))`."""
+                slices: list[int] | None = None, axis: int = AXIAL, title: str = "", score_title: str = "score"
+                ) -> Path:
+    """Writes the per-case PNG (atomically) and returns its path; size `case_figure_size(len(slices))`.
+    `score_title` heads the score column (see `score_label`)."""
     plt = _plt()
     slices = select_slices(volumes, axis=axis) if slices is None else list(slices)
     rows = len(slices)
@@ -122,7 +159,7 @@ def case_figure(path: str | Path, volumes: CaseVolumes, threshold: float | None 
     fig, axes = plt.subplots(rows, 5, figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False)
     window = _window(volumes.image)
     ranges = {"unsupervised": _map_range(volumes.unsupervised), "score": _map_range(volumes.score, threshold)}
-    columns = ["input", "reconstruction", "unsupervised map", "fused score",
+    columns = ["input", "reconstruction", "unsupervised map", score_title,
                "prediction (red), reference (green)" if threshold is not None else "reference (green), no threshold"]
     for r, index in enumerate(slices):
         def sl(v):
@@ -144,6 +181,8 @@ def case_figure(path: str | Path, volumes: CaseVolumes, threshold: float | None 
         background = sl(volumes.image) if volumes.image is not None else sl(volumes.score)
         _overlay(panels[4], background, window if volumes.image is not None else ranges["score"], prediction,
                  reference)
+        if prediction is not None and not prediction.any():
+            panels[4].set_xlabel(f"no voxel ≥ t {threshold:.3g} in this slice", fontsize=8)
         panels[0].set_ylabel(f"slice {index}")
     for c, name in enumerate(columns):
         axes[0, c].set_title(name, fontsize=9)
@@ -152,11 +191,7 @@ def case_figure(path: str | Path, volumes: CaseVolumes, threshold: float | None 
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
 @dataclass
@@ -173,46 +208,105 @@ class SheetTile:
 
 
 def sheet_tile(volumes: CaseVolumes, caption: str, threshold: float | None = None, axis: int = AXIAL) -> SheetTile:
-    """The tile of a case: its slice with the most anomaly."""
+    """The tile of a case: its slice with the most anomaly. An empty prediction at the threshold is said in the
+    caption: in the whole case (with the case's highest score) or in this slice."""
     index = select_slices(volumes, count=1, axis=axis)[0]
     score = _take(volumes.score, index, axis)
     background = _take(volumes.image, index, axis) if volumes.image is not None else None
+    prediction = None if threshold is None else score >= threshold
+    if prediction is not None and not prediction.any():
+        highest = float(np.max(volumes.score))
+        caption += (f"\nno voxel ≥ t {threshold:.3g} (max {highest:.3g})" if highest < threshold
+                    else f"\nno voxel ≥ t {threshold:.3g} in this slice")
     return SheetTile(caption, background if background is not None else np.zeros_like(score),
                      _window(volumes.image), score, _map_range(volumes.score, threshold),
-                     None if volumes.reference is None else _take(volumes.reference, index, axis) != 0,
-                     None if threshold is None else score >= threshold)
+                     None if volumes.reference is None else _take(volumes.reference, index, axis) != 0, prediction)
 
 
-def contact_sheet_size(n: int, columns: int = 10) -> tuple[int, int]:
-    """(width, height) in pixels of a contact sheet of `n` tiles."""
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where the parts of a contact sheet lie, in pixels of the PNG: boxes (left, top, right, bottom)."""
+
+    size: tuple[int, int]                       # (width, height)
+    score_boxes: list[tuple[int, int, int, int]]       # per tile: the score over the input
+    prediction_boxes: list[tuple[int, int, int, int]]  # per tile: the prediction and the reference
+    colorbar_box: tuple[int, int, int, int]
+
+
+def contact_sheet_layout(n: int, columns: int = 5) -> SheetLayout:
+    """The layout of a contact sheet of `n` tiles, at most `columns` per row; each tile is a caption above two
+    square slices (score, then prediction), and the colour bar of the score stands right of the tiles."""
     cols = min(columns, n)
-    return round(cols * TILE_INCHES * DPI), round(math.ceil(n / cols) * (TILE_INCHES + CAPTION_INCHES) * DPI)
+    rows = math.ceil(n / cols)
+    tile_h = CAPTION_INCHES + 2 * SHEET_PANEL_INCHES
+
+    def px(inches: float) -> int:
+        return round(inches * DPI)
+
+    inset = 0.03 * SHEET_PANEL_INCHES
+    boxes: dict[str, list] = {"score": [], "prediction": []}
+    for i in range(n):
+        r, c = divmod(i, cols)
+        left, top = c * SHEET_PANEL_INCHES + inset, r * tile_h + CAPTION_INCHES + inset
+        for k, key in enumerate(("score", "prediction")):
+            t = top + k * SHEET_PANEL_INCHES
+            boxes[key].append((px(left), px(t), px(left + SHEET_PANEL_INCHES - 2 * inset),
+                               px(t + SHEET_PANEL_INCHES - 2 * inset)))
+    bar_left = cols * SHEET_PANEL_INCHES + 0.2
+    colorbar = (px(bar_left), px(CAPTION_INCHES + inset), px(bar_left + 0.2),
+                px(rows * tile_h - SHEET_PANEL_INCHES - inset))
+    return SheetLayout((px(cols * SHEET_PANEL_INCHES + COLORBAR_INCHES), px(rows * tile_h)), boxes["score"],
+                       boxes["prediction"], colorbar)
 
 
-def contact_sheet(path: str | Path, tiles: list[SheetTile], columns: int = 10) -> Path:
-    """Writes a grid of tiles: input (grey), fused score above 0 (colour, semi-transparent), prediction outline
-    (red, with a threshold) and reference outline (green); caption above each tile."""
+def contact_sheet_size(n: int, columns: int = 5) -> tuple[int, int]:
+    """(width, height) in pixels of a contact sheet of `n` tiles."""
+    return contact_sheet_layout(n, columns).size
+
+
+def contact_sheet(path: str | Path, tiles: list[SheetTile], columns: int = 5, score_title: str = "score",
+                  threshold: float | None = None) -> Path:
+    """Writes a grid of tiles (`contact_sheet_layout`): per case the score above 0 over the input (one colour
+    scale for all cases, its colour bar titled `score_title`, the threshold the tiles were made with marked on it
+    in red), and below it the prediction at the threshold filled in red (PREDICTION_RGBA) with the reference
+    outline in green."""
     if not tiles:
         raise ValueError("contact_sheet needs at least one tile")
     plt = _plt()
-    width, height = contact_sheet_size(len(tiles), columns)
-    cols = min(columns, len(tiles))
-    rows = math.ceil(len(tiles) / cols)
+    layout = contact_sheet_layout(len(tiles), columns)
+    width, height = layout.size
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    cell_w, cell_h = 1 / cols, 1 / rows
-    tile_h = cell_h * TILE_INCHES / (TILE_INCHES + CAPTION_INCHES)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        ax = fig.add_axes((c * cell_w + 0.02 * cell_w, 1 - r * cell_h - cell_h, 0.96 * cell_w, tile_h))
-        ax.axis("off")
-        ax.imshow(tile.background, cmap="gray", vmin=tile.window[0], vmax=tile.window[1], origin="lower")
-        ax.imshow(np.ma.masked_less_equal(tile.score, 0), cmap="magma", vmin=tile.score_range[0],
-                  vmax=tile.score_range[1], alpha=0.6, origin="lower")
-        for mask, colour in ((tile.prediction, "red"), (tile.reference, "lime")):
-            if mask is not None and mask.any() and min(mask.shape) > 1:
-                ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.8)
-        fig.text((c + 0.5) * cell_w, 1 - r * cell_h - 0.02 * cell_h, tile.caption, ha="center", va="top",
-                 fontsize=6)
+
+    def axes(box: tuple[int, int, int, int]):
+        left, top, right, bottom = box
+        return fig.add_axes((left / width, 1 - bottom / height, (right - left) / width, (bottom - top) / height))
+
+    lo = min(t.score_range[0] for t in tiles)
+    hi = max(t.score_range[1] for t in tiles)
+    image = None
+    for tile, score_box, prediction_box in zip(tiles, layout.score_boxes, layout.prediction_boxes):
+        top = axes(score_box)
+        top.imshow(tile.background, cmap="gray", vmin=tile.window[0], vmax=tile.window[1], origin="lower",
+                   aspect="equal", interpolation="nearest")
+        image = top.imshow(np.ma.masked_less_equal(tile.score, 0), cmap="magma", vmin=lo, vmax=hi, alpha=0.75,
+                           origin="lower", aspect="equal", interpolation="nearest")
+        bottom = axes(prediction_box)
+        _overlay(bottom, tile.background, tile.window, tile.prediction, tile.reference)
+        for ax in (top, bottom):
+            ax.axis("off")
+        fig.text((score_box[0] + score_box[2]) / 2 / width, 1 - (score_box[1] - 0.04 * DPI) / height, tile.caption,
+                 ha="center", va="bottom", fontsize=8)
+    bar = fig.colorbar(image, cax=axes(layout.colorbar_box))
+    bar.set_label(score_title, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if threshold is not None:
+        bar.ax.axhline(threshold, color=PREDICTION_RGBA[:3], linewidth=2)
+        bar.ax.text(0.0, threshold, "t ", color=PREDICTION_RGBA[:3], fontsize=8, va="center", ha="right",
+                    transform=bar.ax.get_yaxis_transform())
+    return _save(fig, path, plt)
+
+
+def _save(fig, path: str | Path, plt) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
@@ -247,9 +341,10 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
     """Per-case PNGs (CASE.png, for the first `max_cases` cases) and contact_sheet.png (all cases) in `out`, for
     the cases of an evaluation report (its threshold and metrics). Optional folders: `images` with CASE_0000.nii.gz,
     `maps` with CASE_reconstruction_0000.nii.gz and the unsupervised map CASE_unsupervised.nii.gz (as
-    sadm_nnunet_score and sadm_nnunet_reconstruct write them); missing files leave their panel
-    empty."""
+    sadm_nnunet_score and sadm_nnunet_reconstruct write them); missing files leave their panel empty. The score is
+    titled by `score_label`, with the beta of the score folder's score_settings.json if it has one."""
     out = Path(out)
+    score_title = score_label(recorded_beta(pred_folder), pred_suffix)
     out.mkdir(parents=True, exist_ok=True)
     refs = list_cases(Path(ref_folder), "", "reference folder")
     preds = list_cases(Path(pred_folder), pred_suffix, "score folder")
@@ -284,7 +379,7 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
         caption = _caption(case, report["per_case"][case])
         if i < max_cases:
             written.append(case_figure(out / f"{case}.png", volumes, threshold,
-                                       title=caption.replace("\n", ": ")))
+                                       title=caption.replace("\n", ": "), score_title=score_title))
         tiles.append(sheet_tile(volumes, caption, threshold))
-    written.append(contact_sheet(out / "contact_sheet.png", tiles))
+    written.append(contact_sheet(out / "contact_sheet.png", tiles, score_title=score_title, threshold=threshold))
     return written

@@ -50,11 +50,25 @@ class NNUNet:
         return proc
 
     def plan(self, dataset_id: int) -> None:
-        # nnU-Net's planner needs nnUNet_n_proc_DA >= 1 (it sets torch threads from it)
-        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "1", nnUNet_n_proc_DA="1")
+        # nnU-Net's planner needs nnUNet_n_proc_DA >= 1 (it sets torch threads from it); -npfp 1: its fingerprint
+        # step otherwise starts 8 processes
+        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "1", "-npfp", "1",
+                 nnUNet_n_proc_DA="1")
 
     def fold_folder(self, dataset: str, trainer: str, configuration: str = "2d", fold: str = "all") -> Path:
         return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+
+
+# Fixtures that train or predict with nnU-Net (or run the demo): every test that uses one, directly or through
+# another fixture, is marked `slow`; tests that start a training, a prediction or the demo themselves carry the
+# marker in their module.
+SLOW_FIXTURES = frozenset({"trained_stage1", "sadm_planned", "trained_sadm", "predictions", "cddpm_run", "demo"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO
 
 
-def run_quick(script: str, tmp_path, *extra: str, output: str = "results.json") -> tuple[str, dict]:
-    """Runs a benchmark script in --quick mode; returns its terminal output and its JSON results."""
+def run_quick(script: str, tmp_path, *extra: str, output: str = "results.json") -> dict:
+    """Runs a benchmark script in --quick mode; returns its JSON results."""
     out = tmp_path / output
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick",
                            "--workdir", str(tmp_path / "work"), "--output", str(out), *extra],
@@ -19,19 +19,33 @@ def run_quick(script: str, tmp_path, *extra: str, output: str = "results.json") 
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    return proc.stdout, json.loads(text)
+    results = json.loads(text)
+    machine = results["machine"]  # every report records the machine and the versions (benchmarks/common.py)
+    assert machine["cpu_count"] >= 1 and machine["cpu"] and machine["torch_threads"] >= 1
+    assert machine["omp_wait_policy"] == "PASSIVE" and results["versions"]["sadm_nnunet"]
+    return results
 
 
+@pytest.mark.slow
 def test_stage1_benchmark_quick_mode_runs_and_reports(tmp_path):
-    stdout, _ = run_quick("stage1_benchmark.py", tmp_path)
-    assert "Target (a)/(b) >= 0.9" in stdout and "passes / slice" in stdout
+    results = run_quick("stage1_benchmark.py", tmp_path)
+    training = results["training"]
+    assert training["timed_iterations"] >= 3 and training["target_ratio"] == 0.9
+    assert training["ratio_nnunet_to_plain"] == pytest.approx(
+        training["plain_diffusers"]["median_s_per_iteration"] / training["nnunet"]["median_s_per_iteration"])
+    assert training["target_met"] == (training["ratio_nnunet_to_plain"] >= 0.9)
+    variants = results["reconstruction"]["variants"]
+    assert [v["passes_per_slice"] for v in variants][0] == 3 and all(v["s_per_volume"] > 0 for v in variants)
 
 
+@pytest.mark.slow
 def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
-    stdout, results = run_quick("stage2_benchmark.py", tmp_path)
-    assert "random weights (untrained)" in stdout and "ms / tile" in stdout
-    for target in ("SADM / nnU-Net <= 1.5", "peak RSS SADM / nnU-Net <= 1.3", "prediction time SADM / nnU-Net <= 1.5"):
-        assert target in stdout
+    results = run_quick("stage2_benchmark.py", tmp_path)
+    assert results["dataset"]["denoiser"] and results["tiles"]["median_ms"]["reconstruction"] > 0
+    targets = (results["training"]["target_time_ratio"], results["training"]["target_memory_ratio"],
+               results["prediction"]["target_ratio"])
+    assert targets == (1.5, 1.3, 1.5)
+    assert results["training"]["time_target_met"] == (results["training"]["time_ratio"] <= 1.5)
     training = results["training"]["trainers"]
     for trainer in ("SADMBenchTrainer", "SADMBenchBaselineTrainer"):
         assert training[trainer]["median_s_per_train_step"] > 0 and training[trainer]["peak_rss_mib"] > 0
@@ -50,6 +64,13 @@ def load_script(name: str):
 
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def retrained(variant, base) -> list[str]:
+    """The training steps a variant's run did itself: a reused model's step record is the base run's, copied."""
+    steps = sorted(p.name for p in (variant / "steps").glob("train_*.json"))
+    return [name[:-len(".json")] for name in steps
+            if digest(variant / "steps" / name) != digest(base / "steps" / name)]
 
 
 def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change():
@@ -75,8 +96,9 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
         qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
 
 
+@pytest.mark.slow
 def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
-    stdout, results = run_quick("quality_benchmark.py", tmp_path)
+    results = run_quick("quality_benchmark.py", tmp_path)
     rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "sadm_draem"}
     assert set(results["summary"]) == rows and results["seeds"] == [0]
     for method in rows:
@@ -84,11 +106,11 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
         for kind in ("tumour", "ms", "stroke"):
             best = results["summary"][method][kind]["best_dice"]
             assert 0.0 <= best["mean"] <= 1.0 and best["seeds"] == 1 and best["std"] == 0.0
-    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    table = results["table"].splitlines()
     assert len(table) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in table[0]
 
     # a prediction-only variant: the base run's trained SADM model (bit for bit), its plans with the new noise level
-    stdout, low = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
+    low = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
                             "reconstruction.noise_levels=[100]", output="low.json")
     variant = low
     assert set(variant["summary"]) == rows - {"sadm_draem"} and variant["variant"]["prediction"] == [
@@ -99,15 +121,14 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     assert digest(low_model / "checkpoint_final.pth") == digest(base_model / "checkpoint_final.pth")
     plans = json.loads((low_model.parent / "plans.json").read_text())
     assert plans["configurations"]["2d_sadm"]["sadm"]["reconstruction"] == {"noise_levels": [100]}
-    trained = [line for line in stdout.splitlines() if line.startswith("[") and "Training" in line]
-    assert trained and all("skipped" in line for line in trained)
+    assert retrained(work / "quickLow_seed0", work / "quick_seed0") == []
     base_scores = sorted((work / "quick_seed0" / "scores" / "sadm").glob("*_unsupervised.nii.gz"))
     low_scores = [work / "quickLow_seed0" / p.relative_to(work / "quick_seed0") for p in base_scores]
     assert base_scores and any(digest(a) != digest(b) for a, b in zip(base_scores, low_scores))
     assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]  # the same predictions, copied
 
     # a stage-I variant: Gaussian noise, stage I and SADM trained again, plain nnU-Net reused
-    stdout, variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Gauss", "--set-denoiser",
+    variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Gauss", "--set-denoiser",
                                 "noise.kind=gaussian", output="gauss.json")
     stage1 = next((work / "quickGauss_seed0" / "nnUNet_results").glob("*/QualityQuickDiffusionTrainer__*/"))
     assert json.loads((stage1 / "plans.json").read_text())["configurations"]["2d"]["sadm_diffusion"]["noise"][
@@ -116,9 +137,7 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     assert digest(stage1 / "fold_all" / "checkpoint_final.pth") != digest(base_stage1 / "fold_all" /
                                                                           "checkpoint_final.pth")
     assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]
-    trained = [line for line in stdout.splitlines() if line.startswith("[") and ("Stage I" in line or "Training" in
-                                                                                 line)]
-    assert [("skipped" in line) for line in trained] == [False, False, True]  # stage I, SADM, plain nnU-Net
+    assert retrained(work / "quickGauss_seed0", work / "quick_seed0") == ["train_sadm", "train_stage1"]
 
     # the paired comparison of both variants with the base run
     numbers = load_script("quality_compare").main([str(tmp_path / "results.json"), f"Low={tmp_path / 'low.json'}",

@@ -92,7 +92,7 @@ def test_embedding_of_the_clean_slice_changes_the_prediction():
 
 
 def test_a_training_step_trains_the_image_encoder():
-    """SADMDiffusionTrainer's own train_step and configure_optimizers on a conditioned denoiser."""
+    """SADMDiffusionTrainer's own denoising step and configure_optimizers on a conditioned denoiser."""
     from sadm_nnunet.training.diffusion_trainer import SADMDiffusionTrainer
 
     denoiser, settings = tiny()
@@ -107,7 +107,7 @@ def test_a_training_step_trains_the_image_encoder():
     before = copy.deepcopy(encoder.state_dict())
     denoiser.train()  # as nnU-Net does at the start of every epoch
     torch.manual_seed(3)
-    SADMDiffusionTrainer.train_step(trainer, {"data": slices(4, 32, 32)})
+    SADMDiffusionTrainer.denoising_step(trainer, {"data": slices(4, 32, 32)})
     for name, p in encoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         assert not torch.equal(p.detach(), before[name]), name

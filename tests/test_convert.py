@@ -144,6 +144,7 @@ def cases_in(folder: Path) -> list[str]:
 
 
 # ---- nnU-Net accepts the converted datasets ----
+@pytest.mark.slow  # nnU-Net's integrity check of five datasets and a fingerprint, in subprocesses: minutes
 def test_nnunet_verifies_converted_datasets(converted):
     """nnU-Net's own integrity check on all five datasets (its function: the console commands add a fingerprint
     that costs about 10 s per dataset and channel here), and the console command on the one with an ignore label."""
@@ -171,7 +172,6 @@ def test_dataset_json_and_progress(converted):
     assert [f.name for f in converted["folders"].values()] == ["Dataset610_IXI", "Dataset611_BraTS2021",
                                                                "Dataset612_ATLAS2", "Dataset613_WMH2017",
                                                                "Dataset614_BraTS2021kept"]
-    assert "Converting" in converted["runs"]["brats21"].stderr  # tqdm progress bar
 
 
 # ---- channels and labels ----
@@ -232,8 +232,6 @@ def test_broken_case_reported_and_skipped(converted, kind, identifier, problem, 
     assert skip["found"] and skip["expected"]
     assert identifier not in cases_in(folder / "labelsTr") + cases_in(folder / "labelsTs")
     assert sum(report["converted"].values()) == (9 if kind == "brats21" else 4)
-    out = converted["runs"][kind].stdout
-    assert f"skipped {identifier}: " in out and "skipped 1." in out
     if kind == "brats21":
         assert skip["found"] == [16, 20, 11] and skip["expected"] == [16, 20, 12]
 
@@ -257,7 +255,6 @@ def test_skull_strip_check_reported(converted):
     verdicts = {c["identifier"]: c["skull_strip"] for c in report["cases"]}
     assert verdicts.pop("IXI003-Guys-1003") == NOT_STRIPPED and set(verdicts.values()) == {STRIPPED}
     assert report["skull_strip"] == {STRIPPED: 3, NOT_STRIPPED: 1, CANNOT_TELL: 0}
-    assert "WARNING: 1 case(s) do not look skull-stripped" in converted["runs"]["ixi"].stdout
 
 
 def test_skull_strip_verdicts():
@@ -271,7 +268,7 @@ def test_skull_strip_verdicts():
 
 
 # ---- splits ----
-def test_default_split_reproducible_and_rerun_replaces(converted, sources, env, capsys):
+def test_default_split_reproducible_and_rerun_replaces(converted, sources, env):
     main(["brats21", str(sources["brats21"]), "615"])
     folder = env / "Dataset615_BraTS2021"
     split = json.loads((folder / "sadm_split.json").read_text())
@@ -282,8 +279,7 @@ def test_default_split_reproducible_and_rerun_replaces(converted, sources, env, 
     ixi_split = json.loads((converted["folders"]["ixi"] / "sadm_split.json").read_text())
     assert ixi_split["test"] == [] and not (converted["folders"]["ixi"] / "imagesTs").exists()
     before = {p.name: p.read_bytes() for p in (folder / "labelsTr").iterdir()}
-    main(["brats21", str(sources["brats21"]), "615"])
-    assert "Replaced the earlier" in capsys.readouterr().out
+    main(["brats21", str(sources["brats21"]), "615"])  # replaces the earlier conversion
     assert {p.name: p.read_bytes() for p in (folder / "labelsTr").iterdir()} == before
     assert [p.name for p in env.iterdir()] == ["Dataset615_BraTS2021"]  # no temporary folders left
     main(["brats21", str(sources["brats21"]), "615", "--seed", "1"])
@@ -347,7 +343,7 @@ def test_errors(sources, env, monkeypatch, tmp_path):
     assert list(env.iterdir()) == []
 
 
-def test_duplicate_files_and_nothing_converted(sources, env, tmp_path, capsys):
+def test_duplicate_files_and_nothing_converted(sources, env, tmp_path):
     release = sources["brats21"] / "RSNA_ASNR_MICCAI_BraTS2021_TrainingData"
     for case in ("BraTS2021_00000", "BraTS2021_00001"):
         shutil.copytree(release / case, tmp_path / "src" / case)
@@ -361,5 +357,4 @@ def test_duplicate_files_and_nothing_converted(sources, env, tmp_path, capsys):
     shutil.rmtree(tmp_path / "src" / "BraTS2021_00000")
     with pytest.raises(SystemExit, match="No training case could be converted"):
         main(["brats21", str(tmp_path / "src"), "619"])
-    assert "skipped BraTS2021_00001: " in capsys.readouterr().out
     assert sorted(p.name for p in env.iterdir()) == ["Dataset618_BraTS2021"]

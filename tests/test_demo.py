@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # every test starts the demo
 
 
 def run_demo(output: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -1,14 +1,18 @@
-"""Per-case PNGs and the contact sheet: slice choice, files and pixel sizes, and the --figures option."""
+"""Per-case PNGs and the contact sheet: slice choice, files and pixel sizes, what the sheet's pixels show, the score's
+title, and the --figures option."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sadm_nnunet.commands.evaluate import main as evaluate_main
-from sadm_nnunet.figures import (CaseVolumes, case_figure, case_figure_size, contact_sheet, contact_sheet_size,
-                                 select_slices, sheet_tile)
+from sadm_nnunet.evaluation import EvaluationError
+from sadm_nnunet.figures import (PREDICTION_RGBA, CaseVolumes, case_figure, case_figure_size, contact_sheet,
+                                 contact_sheet_layout, contact_sheet_size, recorded_beta, score_label, select_slices,
+                                 sheet_tile)
 from test_evaluation import make_folders, save
 
 
@@ -50,7 +54,7 @@ def test_case_figure_and_contact_sheet_sizes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "sheet.png"]
 
 
-def test_figures_option_of_the_command(tmp_path, capsys):
+def test_figures_option_of_the_command(tmp_path):
     arrays = make_folders(tmp_path, "c", 4, 2)
     for case, (score, ref, brain) in arrays.items():
         save(tmp_path / "images" / f"{case}_0000.nii.gz", brain * np.float32(50.0))
@@ -65,5 +69,58 @@ def test_figures_option_of_the_command(tmp_path, capsys):
     assert Image.open(out / "contact_sheet.png").size == contact_sheet_size(4)
     for name in names[:3]:
         assert Image.open(out / name).size == case_figure_size(3)
-    assert "Wrote 4 figure(s)" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text())["threshold"] == 0.5
+
+
+def predicted_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the prediction's red over the grey input (the reference outline is green, the input grey)."""
+    r, g, b = (rgb[..., k].astype(int) for k in range(3))
+    return (r - g > 100) & (r - b > 100)
+
+
+def test_contact_sheet_shows_the_score_scale_and_the_prediction_where_it_is(tmp_path):
+    shape = (24, 24, 14)  # square axial slices fill their square panels: pixel -> voxel is a plain scaling
+    t = 0.5
+    tiles = [sheet_tile(case_volumes(s, shape), f"case {s}", threshold=t) for s in range(2)]
+    empty = case_volumes(2, shape)
+    tiles.append(sheet_tile(empty, "case 2", threshold=float(empty.score.max()) + 0.1))
+    layout = contact_sheet_layout(3)
+    sheet = contact_sheet(tmp_path / "sheet.png", tiles, score_title="fused score (β 0.5)", threshold=t)
+    rgb = np.asarray(Image.open(sheet).convert("RGB"))
+    assert (rgb.shape[1], rgb.shape[0]) == layout.size == contact_sheet_size(3)
+    for tile, (left, top, right, bottom) in zip(tiles[:2], layout.prediction_boxes):
+        assert right - left >= 200 and bottom - top >= 200  # a slice is large enough to read
+        red = predicted_pixels(rgb[top:bottom, left:right])
+        ys, xs = np.nonzero(red)
+        # the voxel under each red pixel (origin lower: the first row of the slice is at the bottom)
+        cols = (xs * 24 // (right - left)).clip(0, 23)
+        rows = 23 - (ys * 24 // (bottom - top)).clip(0, 23)
+        assert tile.prediction.any() and red.sum() > 0.5 * tile.prediction.sum() * ((right - left) / 24) ** 2
+        assert tile.prediction[rows, cols].mean() > 0.97  # red only where the prediction is
+        centres = [(round((bottom - top) * (23 - r + 0.5) / 24), round((right - left) * (c + 0.5) / 24))
+                   for r, c in zip(*np.nonzero(tile.prediction))]
+        assert np.mean([red[y, x] for y, x in centres]) > 0.9  # and the prediction is red
+    left, top, right, bottom = layout.prediction_boxes[2]
+    assert not tiles[2].prediction.any() and not predicted_pixels(rgb[top:bottom, left:right]).any()
+    assert "no voxel ≥ t" in tiles[2].caption and "no voxel" not in tiles[0].caption
+    # the colour bar: the magma scale from 0 (dark, bottom) to the highest score (bright, top), t marked in red
+    left, top, right, bottom = layout.colorbar_box
+    bar = rgb[top + 2:bottom - 2, (left + right) // 2].astype(float)
+    luminance = bar @ np.array([0.299, 0.587, 0.114])
+    assert len({tuple(c) for c in bar.astype(int)}) > 50 and luminance[:10].mean() > luminance[-10:].mean() + 150
+    highest = max(tile.score_range[1] for tile in tiles)  # one scale for all tiles
+    line = round((bottom - top) * (1 - t / highest)) + top
+    pure_red = (bar[:, 0] > 200) & (bar[:, 1] < 60) & (bar[:, 2] < 60)  # the mark, not magma's red-orange
+    assert pure_red.any() and np.all(np.abs(top + 2 + np.nonzero(pure_red)[0] - line) <= 2)
+    assert PREDICTION_RGBA[:3] == (1.0, 0.1, 0.1)
+
+
+def test_score_is_titled_by_the_beta_recorded_in_its_folder(tmp_path):
+    assert recorded_beta(tmp_path) is None and score_label(None) == "score"
+    for beta, words in ((0.0, "segmentation probability"), (0.5, "fused score (β 0.5)"), (1.0, "unsupervised")):
+        (tmp_path / "score_settings.json").write_text(json.dumps({"beta": beta, "median_size": 5}))
+        assert recorded_beta(tmp_path) == beta and words in score_label(recorded_beta(tmp_path))
+    assert score_label(0.5, "_unsupervised") == "unsupervised (1 - SSIM)"  # the other map of the same folder
+    (tmp_path / "score_settings.json").write_text("[1, 2")
+    with pytest.raises(EvaluationError, match="score_settings.json"):
+        recorded_beta(tmp_path)

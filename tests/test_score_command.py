@@ -44,9 +44,9 @@ def cases_of(nnunet: NNUNet, lesion_dataset: str) -> list[str]:
 
 
 def test_writes_the_maps_of_every_case_in_the_input_geometry(scored, nnunet, lesion_dataset):
-    out, proc = scored
+    out, _ = scored
     cases = cases_of(nnunet, lesion_dataset)
-    assert len(cases) == 3 and "beta 0.5" in proc.stdout
+    assert len(cases) == 3 and json.loads((out / "score_settings.json").read_text())["beta"] == 0.5
     for case in cases:
         image = nib.load(nnunet.raw / lesion_dataset / "imagesTs" / f"{case}_0000.nii.gz")
         for kind in KINDS:

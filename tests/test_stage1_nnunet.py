@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from diffusers import UNet2DModel
 
@@ -36,6 +37,14 @@ def test_training_finishes_and_resumes_from_the_last_checkpoint(trained_stage1):
     assert logging["mean_fg_dice"] == logging["val_ssim"] and all(0 < v <= 1 for v in logging["val_ssim"])
     best = torch.load(fold / "checkpoint_best.pth", weights_only=False)
     assert best["_best_ema"] == max(logging["ema_fg_dice"])
+    # the log names the SSIM as what it is, as plain numbers, one line per epoch of the second run
+    log = trained_stage1["second_log"]
+    printed = [float(v) for v in re.findall(r"Validation SSIM (-?[\d.]+), L1", log)]
+    assert printed == pytest.approx(logging["val_ssim"][resumed:], abs=5e-5)
+    assert "Pseudo dice" not in log and "np.float64" not in log
+    # progress within an epoch: every 10 of the 100 iterations, with the running mean loss
+    assert re.findall(r"iteration (\d+)/100: mean train loss [\d.]+", log) == [str(i) for i in range(10, 100, 10)] * (
+        3 - resumed)
     assert best["current_epoch"] == 1 + int(np.argmax(logging["ema_fg_dice"]))
     # 300 Adam steps were taken in all, across the two runs (EMA counts one update per step)
     assert int(final["network_weights"]["ema_updates"]) == 300
@@ -141,6 +150,7 @@ def test_truncated_checkpoint_gives_a_clear_error(trained_stage1, nnunet, health
     assert "truncated" in proc.stderr
 
 
+@pytest.mark.slow  # starts nnUNetv2_train
 def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "3d_fullres", "all", "-tr", "SADMDiffusionTrainer",
                       "-device", "cpu", check=False)
@@ -148,6 +158,7 @@ def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     assert "2D configurations only" in proc.stderr and "3d_fullres" in proc.stderr
 
 
+@pytest.mark.slow  # starts nnUNetv2_train
 def test_dataset_with_lesion_labels_is_refused(nnunet):
     from sadm_nnunet.datasets.healthy_cohort import load_brains, random_subject, write_case, write_dataset_json
     folder = nnunet.raw / "Dataset502_Lesions"

@@ -27,7 +27,8 @@ OUT.json: "per_case", "mean", "std", "count" (cases per metric), "threshold", "t
 CASE_0000.nii.gz), reconstruction and unsupervised map (from --maps: CASE_reconstruction_0000.nii.gz and
 CASE_unsupervised.nii.gz as sadm_nnunet_score and sadm_nnunet_reconstruct write them),
 the evaluated score, prediction (score >= threshold) and reference outline. Panels whose files are not given are
-left empty. A sadm_nnunet_score folder serves as both -pred (with --pred-suffix _score) and --maps.
+left empty. A sadm_nnunet_score folder serves as both -pred (with --pred-suffix _score) and --maps; its
+score_settings.json tells the figures which beta the score has.
 """
 from __future__ import annotations
 

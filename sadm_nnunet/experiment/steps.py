@@ -22,9 +22,9 @@ from sadm_nnunet.io_utils import write_json_atomic
 
 # nnU-Net's per-epoch lines and our commands' summaries: shown on the terminal (everything goes to the log).
 # nnU-Net prefixes its log lines with a timestamp ("2026-01-01 10:00:00.000000: Epoch 3").
-_PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d [\d:.]+: )?(Epoch \d+|train_loss|val_loss|Pseudo dice|Epoch time|"
-                       r"Mean Validation Dice|Validation complete|Diffusion model .*exported|Scoring|Wrote|"
-                       r"Predicting|.*[Ee]rror)")
+_PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d [\d:.]+: )?(Epoch \d+|iteration \d+/\d+|train_loss|val_loss|"
+                       r"Pseudo dice|Validation SSIM|Epoch time|Mean Validation Dice|Validation complete|"
+                       r"Diffusion model .*exported|Scoring|Wrote|Predicting|.*[Ee]rror)")
 
 
 class StepFailed(RuntimeError):

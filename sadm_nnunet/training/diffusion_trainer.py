@@ -3,7 +3,8 @@
 Reuses nnU-Net's planning, preprocessed data, data loading, logging, checkpointing, `--c` and DDP; replaces the
 network (a diffusers UNet2DModel predicting x0, with EMA), the objective (L1 between predicted and clean slice at a
 random noise level, simplex or Gaussian noise) and validation (reconstruction L1/SSIM at the test noise levels; the
-"pseudo dice" curve of progress.png and the choice of checkpoint_best use the validation SSIM).
+"pseudo dice" curve of progress.png and the choice of checkpoint_best use the validation SSIM, which the log calls
+by its name).
 
 `SADMDiffusionTrainer_cDDPM` trains the conditioned variant: an image encoder, trained jointly with the UNet,
 embeds the clean slice and its embedding is added to the UNet's time embedding (see diffusion/encoder.py).
@@ -128,6 +129,12 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
                 f"training would be learnt as healthy anatomy.")
 
     def train_step(self, batch: dict) -> dict:
+        result = self.denoising_step(batch)
+        self.report_progress(result["loss"])
+        return result
+
+    def denoising_step(self, batch: dict) -> dict:
+        """One optimisation step: L1 between the denoiser's x0 prediction and the clean slices."""
         x0 = self.settings.to_model_space(batch["data"].to(self.device, non_blocking=True))
         t = torch.randint(0, self.settings.num_train_timesteps, (x0.shape[0],), device=self.device)
         noise = sample_noise(tuple(x0.shape), self.settings.noise, None, self.device)
@@ -181,9 +188,22 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
         self.logger.log("val_ssim", mean_ssim, epoch)
         self.logger.log("mean_fg_dice", mean_ssim, epoch)
         self.logger.log("dice_per_class_or_region", [mean_ssim], epoch)
-        self.print_to_log_file(
-            f"validation reconstruction at noise levels {list(self.settings.reconstruction.noise_levels)}: "
-            f"L1 {mean_l1:.4f}, SSIM {mean_ssim:.4f} (the 'pseudo dice' below is this SSIM)")
+
+    def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
+        """nnU-Net's log, with its segmentation wording of the epoch summary (on_epoch_end) replaced by what stage I
+        measures: the 'Pseudo dice' is the validation SSIM and the 'val_loss' its L1; the logger keys that
+        progress.png and the choice of checkpoint_best read stay nnU-Net's."""
+        label = args[0] if args and isinstance(args[0], str) else ""
+        if label == "val_loss":
+            return  # printed with the SSIM, on the 'Pseudo dice' line
+        if label == "Pseudo dice":
+            args = (f"Validation SSIM {self.logger.get_value('val_ssim', step=-1):.4f}, "
+                    f"L1 {self.logger.get_value('val_l1', step=-1):.4f} (reconstruction at noise levels "
+                    f"{list(self.settings.reconstruction.noise_levels)})",)
+        elif label.startswith("Yayy! New best EMA pseudo Dice"):
+            args = (f"New best validation SSIM (moving average over epochs): {self._best_ema:.4f}, saved "
+                    f"checkpoint_best.pth",)
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console, add_timestamp=add_timestamp)
 
     def on_train_end(self):
         super().on_train_end()

@@ -76,6 +76,11 @@ class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        self.report_progress(result["loss"])
+        return result
+
     # ---- the stage-I weights: from the stage-I model at the start, from the checkpoint afterwards ----
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
