@@ -38,6 +38,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -174,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Scoring {len(cases)} case(s) with {folder.name}/fold_{folds[0]} ({args.checkpoint}): beta {beta}, "
           f"median filter {scoring.median_size}, reconstruction {reconstruction.method} at noise levels "
           f"{list(reconstruction.noise_levels)}")
-    p_fg = None
-    if args.predictions is not None:
-        def p_fg(case, pre):
-            return load_foreground_probability(args.predictions / f"{case}.npz", predictor.label_manager,
-                                               pre.raw.shape[1:], pre.raw)
+
+    def p_fg(case: str, pre) -> np.ndarray:
+        return load_foreground_probability(args.predictions / f"{case}.npz", predictor.label_manager,
+                                           pre.raw.shape[1:], pre.raw)
+
     for case, files in tqdm(cases.items(), desc="score", unit="case"):
-        scorer.write(case, files, args.output, MAPS, p_fg)
+        scorer.write(case, files, args.output, MAPS, None if args.predictions is None else p_fg)
     write_json_atomic({
         "model": str(folder), "folds": folds, "checkpoint": args.checkpoint,
         "predictions": None if args.predictions is None else str(args.predictions),
