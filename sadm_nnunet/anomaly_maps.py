@@ -91,16 +91,21 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
     return np.abs(image - reconstruction).mean(axis=0)
 
 
-def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range: float, slice_axis: int
-                      ) -> np.ndarray:
-    """1 - SSIM(image, reconstruction) per voxel, 2D slice by slice along `slice_axis` (Gaussian window sigma 1,
-    size 9, `ssim_map`), averaged over channels: a (Z, Y, X) float32 volume. `data_range` is the intensity range
-    of the inputs (it sets SSIM's stabilising constants), e.g. 2.0 for the denoiser's [-1, 1] space."""
+def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range: float, slice_axis: int, *,
+                      dimensions: int) -> np.ndarray:
+    """1 - SSIM(image, reconstruction) per voxel with a Gaussian window (sigma 1, size 9), averaged over channels:
+    a (Z, Y, X) float32 volume. dimensions 2: slice by slice along `slice_axis` (`ssim_map`); 3: on the volume
+    (scikit-image's `structural_similarity`, 9x9x9 window, population covariance). `data_range` is the intensity
+    range of the inputs (it sets SSIM's stabilising constants), e.g. 2.0 for the denoiser's [-1, 1] space."""
     image, reconstruction = _channels_first(image, "image"), _channels_first(reconstruction, "reconstruction")
     if image.shape != reconstruction.shape:
         raise ValueError(f"image and reconstruction differ in shape: {image.shape} vs {reconstruction.shape}")
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0; found {data_range}")
+    if dimensions == 3:
+        return _dissimilarity_3d(image, reconstruction, data_range)
+    if dimensions != 2:
+        raise ValueError(f"dimensions must be 2 (per slice) or 3 (volume); found {dimensions}")
     # (C, Z, Y, X) -> slices first: (S, C, H, W)
     order = (slice_axis + 1, 0, *[a + 1 for a in range(3) if a != slice_axis])
     a = torch.from_numpy(np.ascontiguousarray(image.transpose(order)))
@@ -108,6 +113,21 @@ def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range:
     with torch.no_grad():
         d = (1 - ssim_map(a, b, data_range=data_range)).mean(1).numpy()  # (S, H, W)
     return np.moveaxis(d, 0, slice_axis).astype(np.float32, copy=False)
+
+
+def _dissimilarity_3d(image: np.ndarray, reconstruction: np.ndarray, data_range: float) -> np.ndarray:
+    """Volumetric 1 - SSIM of (C, Z, Y, X) stacks, channel mean (scikit-image; borders mirrored)."""
+    from skimage.metrics import structural_similarity
+
+    smallest = min(image.shape[1:])
+    if smallest < SSIM_KERNEL:
+        raise ValueError(f"3D SSIM needs every axis >= {SSIM_KERNEL} voxels (the window); found shape "
+                         f"{image.shape[1:]}")
+    maps = [structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
+                                  truncate=(SSIM_KERNEL // 2) / SSIM_SIGMA, use_sample_covariance=False,
+                                  full=True)[1]
+            for a, b in zip(image.astype(np.float64), reconstruction.astype(np.float64))]
+    return (1 - np.mean(maps, axis=0)).astype(np.float32)
 
 
 def median_filter_3d(volume: np.ndarray, size: int) -> np.ndarray:
@@ -191,7 +211,8 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
         raise ValueError(f"brain mask has shape {np.shape(brain)}; the image's spatial shape is {spatial}")
     brain = np.asarray(brain, dtype=bool)
     mask = erode_mask(brain, scoring.mask_erosion)
-    dissimilarity = dissimilarity_map(image, reconstruction, data_range, slice_axis)
+    dissimilarity = dissimilarity_map(image, reconstruction, data_range, slice_axis,
+                                      dimensions=scoring.ssim_dimensions)
     if scoring.clip_dissimilarity:
         dissimilarity = np.clip(dissimilarity, 0.0, 1.0)
     unsupervised = median_filter_3d(np.where(brain, dissimilarity, 0), scoring.median_size)

@@ -185,11 +185,13 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
         return ScoringSettings.from_dict(merged_user_settings(user)["scoring"])
 
     # a block without 'scoring' (plans written before it existed) gets the template's paper defaults
-    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, clip_dissimilarity=True, mask_erosion=0,
+    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, ssim_dimensions=2, clip_dissimilarity=True,
+                                          mask_erosion=0,
                                           min_component_size=0, component_threshold=None)
     assert scoring({"scoring": {"beta": 0.7}}).beta == 0.7
     assert scoring({}) == ScoringSettings.template()
-    assert scoring({}).with_beta(1.0) == ScoringSettings(beta=1.0, median_size=5, clip_dissimilarity=True,
+    assert scoring({}).with_beta(1.0) == ScoringSettings(beta=1.0, median_size=5, ssim_dimensions=2,
+                                                         clip_dissimilarity=True,
                                                          mask_erosion=0, min_component_size=0,
                                                          component_threshold=None)
     assert scoring({}).with_beta(None) == scoring({})
@@ -204,6 +206,9 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
         scoring({"scoring": {"beta": True}})
     with pytest.raises(TypeError, match="'sadm.scoring.median_size' must be an integer"):
         scoring({"scoring": {"median_size": 2.5}})
+    assert scoring({"scoring": {"ssim_dimensions": 3}}).ssim_dimensions == 3
+    with pytest.raises(ValueError, match=r"'sadm.scoring.ssim_dimensions' is 4; expected 2 \(per slice\) or 3"):
+        scoring({"scoring": {"ssim_dimensions": 4}})
     with pytest.raises(TypeError, match="'sadm.scoring.clip_dissimilarity' must be true or false"):
         scoring({"scoring": {"clip_dissimilarity": "yes"}})
     with pytest.raises(ValueError, match="component_threshold.*since min_component_size is 3"):

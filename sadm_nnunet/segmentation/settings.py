@@ -35,6 +35,7 @@ class ScoringSettings:
     block `scoring`; meanings and defaults in plans/sadm.json, their one home)."""
     beta: float
     median_size: int
+    ssim_dimensions: int
     clip_dissimilarity: bool
     mask_erosion: int
     min_component_size: int
@@ -61,6 +62,7 @@ class ScoringSettings:
     def validate(self, where: str = f"{PLANS_KEY}.scoring") -> None:
         check = setting_checker(where)
         check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
+        check(self.ssim_dimensions in (2, 3), "ssim_dimensions", self.ssim_dimensions, "2 (per slice) or 3 (volume)")
         for key in ("median_size", "mask_erosion", "min_component_size"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         t = self.component_threshold
