@@ -59,6 +59,11 @@ def test_single_step_matches_a_hand_computed_ensemble(model):
         per_level.append(unet(xt, t).sample * settings.intensity_scale)
     torch.testing.assert_close(out, sum(per_level) / 3, atol=1e-5, rtol=1e-4)
     assert (per_level[0] - per_level[2]).abs().mean() > 1e-3  # the levels differ: the mean is not one of them
+    # each level's own reconstruction (prediction_ensemble 'per_level' segments these one by one)
+    levels_out = Reconstructor(unet, settings_g, options).per_level(x)
+    torch.testing.assert_close(levels_out, torch.stack(per_level), atol=1e-5, rtol=1e-4)
+    volume = x.permute(1, 0, 2, 3)[None]  # (1, C, D, H, W) with the slices on D
+    assert Reconstructor(unet, settings_g, options).per_level(volume).shape == (3, *volume.shape)
 
 
 def test_volumes_are_reconstructed_slice_by_slice(model):

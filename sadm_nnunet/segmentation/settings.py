@@ -18,6 +18,7 @@ PLANS_KEY = "sadm"
 TEMPLATE_NAME = "sadm.json"
 INPUT_MODES = ("image+residual", "image+reconstruction")
 TRAINING_NOISE_LEVELS = ("uniform", "ensemble")
+PREDICTION_ENSEMBLES = ("mean_reconstruction", "per_level")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Stage1Model:
 class SADMSettings:
     input_mode: str
     training_noise_level: str
+    prediction_ensemble: str
     synthetic_anomalies: SyntheticAnomalySettings
     stage1: Stage1Model
     diffusion: DiffusionSettings  # the stage-I settings, with the stage-II reconstruction overrides applied
@@ -127,6 +129,7 @@ class SADMSettings:
         s = cls(
             input_mode=str(full["input_mode"]),
             training_noise_level=str(full["training_noise_level"]),
+            prediction_ensemble=str(full["prediction_ensemble"]),
             synthetic_anomalies=build_dataclass(SyntheticAnomalySettings, full["synthetic_anomalies"],
                                                 f"{where}.synthetic_anomalies"),
             stage1=build_dataclass(Stage1Model, block["stage1"], f"{where}.stage1"),
@@ -142,6 +145,8 @@ class SADMSettings:
         check(self.input_mode in INPUT_MODES, "input_mode", self.input_mode, f"one of {INPUT_MODES}")
         check(self.training_noise_level in TRAINING_NOISE_LEVELS, "training_noise_level",
               self.training_noise_level, f"one of {TRAINING_NOISE_LEVELS}")
+        check(self.prediction_ensemble in PREDICTION_ENSEMBLES, "prediction_ensemble", self.prediction_ensemble,
+              f"one of {PREDICTION_ENSEMBLES}")
         a = self.synthetic_anomalies
         check(0.0 <= a.probability <= 1.0, "synthetic_anomalies.probability", a.probability, "a number in [0, 1]")
         check(a.label >= 1, "synthetic_anomalies.label", a.label, "a foreground label (>= 1)")
