@@ -18,14 +18,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
 from sadm_nnunet.datasets.healthy_cohort import random_subject, write_case, write_dataset_json
 from sadm_nnunet.datasets.lesions import LESION_KINDS, LESION_LABELS, insert_lesion
-from sadm_nnunet.io_utils import atomic_path, write_json_atomic
+from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nifti_checks import save_nifti
 
 Brain = tuple[str, np.ndarray, np.ndarray]  # (name, image, brain mask)
 VALIDATION = "validation"
@@ -106,8 +106,7 @@ def _write_evaluation_case(cohort: Cohort, evaluation_set: str, case: str, image
     affine = np.diag([cohort.spec.spacing] * 3 + [1.0])
     for target, array in ((cohort.images / f"{case}_0000.nii.gz", image.astype(np.float32)),
                           (cohort.labels(evaluation_set) / f"{case}.nii.gz", label.astype(np.uint8))):
-        with atomic_path(target) as tmp:
-            nib.save(nib.Nifti1Image(array, affine), tmp)
+        save_nifti(array, affine, target)
 
 
 def _subjects(spec: CohortSpec, brains: list[Brain], set_index: int, count: int, kind: str | None):
