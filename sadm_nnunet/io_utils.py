@@ -153,15 +153,18 @@ def is_stale_temporary(entry: Path, now: float | None = None) -> bool:
     return age > FOREIGN_HOST_MAX_AGE_S
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Removes the stale temporaries (files and folders of our naming, see `is_stale_temporary`) directly inside
-    `folder`, which a run killed with SIGKILL leaves behind; returns how many were removed."""
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Removes the stale temporaries (files and folders of our naming, see `is_stale_temporary`) inside `folder`
+    (`recursive`: in its subfolders too), which a run killed with SIGKILL leaves behind; returns how many were
+    removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for entry in folder.iterdir():
         if not is_stale_temporary(entry):
+            if recursive and entry.is_dir() and not entry.is_symlink():
+                removed += remove_stale_temporaries(entry, recursive)
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
