@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sadm_nnunet.errors import InputError
-from sadm_nnunet.io_utils import atomic_path
+from sadm_nnunet.nifti_checks import atomic_image, check_image_files
 from sadm_nnunet.nnunet_geometry import to_input_geometry, write_float_image
 
 
@@ -85,6 +85,7 @@ def preprocess_case(files: list[Path], plans_manager, configuration_manager, dat
                     ) -> PreprocessedCase:
     """Reads a case with the plans' reader and preprocesses it with the configuration's preprocessor class, as
     nnUNetv2_predict does (`run_case` = read + `run_case_npy`; the images are read once and kept)."""
+    check_image_files(files)  # truncated or non-finite NIfTI files: SimpleITK would read zeros
     rw = plans_manager.image_reader_writer_class()
     raw, properties = rw.read_images([str(f) for f in files])
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
@@ -146,7 +147,7 @@ def write_volumes(folder: Path, case: str, volumes: dict[str, np.ndarray], file_
     written = []
     for name, volume in volumes.items():
         target = Path(folder) / f"{case}_{name}{file_ending}"
-        with atomic_path(target) as tmp:
+        with atomic_image(target) as tmp:  # verified before the rename (a full disk gives a short file)
             write_float_image(np.asarray(volume, dtype=np.float32), str(tmp), properties)
         written.append(target)
     return written
