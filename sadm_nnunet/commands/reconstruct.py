@@ -14,7 +14,6 @@ This is the unsupervised (reconstruction-only) anomaly detection baseline.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,8 +23,11 @@ from tqdm import tqdm
 from sadm_nnunet.anomaly_maps import ssim_map
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
+from sadm_nnunet.errors import one_line_errors
+from sadm_nnunet.io_utils import read_json
 from sadm_nnunet.nnunet_cases import (back_to_input, find_cases, preprocess_case, results_folder,
                                       to_input_intensities, write_volumes)
+from sadm_nnunet.output_checks import prepare_output_folder
 
 
 def model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -33,6 +35,7 @@ def model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> 
                           f"nnUNetv2_train {dataset} {configuration} all -tr {trainer}")
 
 
+@one_line_errors("sadm_nnunet_reconstruct")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, type=Path, help="folder of raw images (nnU-Net naming)")
@@ -46,15 +49,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-grid", type=int, help="pDDPM grid size (1 = whole slice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    prepare_output_folder(args.output, {"-i": args.input})
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     base = model_folder(args.dataset, args.trainer, args.plans, args.configuration)
     fold_folder = base / (f"fold_{args.fold}")
     unet, settings = load_diffusion_model(fold_folder / EXPORT_FOLDER_NAME, args.device)
-    plans_manager = PlansManager(json.loads((base / "plans.json").read_text()))
+    plans_manager = PlansManager(read_json(base / "plans.json", "plans file"))
     configuration_manager = plans_manager.get_configuration(args.configuration)
-    dataset_json = json.loads((base / "dataset.json").read_text())
+    dataset_json = read_json(base / "dataset.json", "dataset file")
     options = settings.reconstruction
     if args.method:
         options = replace(options, method=args.method)
