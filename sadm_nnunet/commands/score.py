@@ -30,7 +30,6 @@ Then: sadm_nnunet_evaluate -ref LABELS -pred OUT --pred-suffix _score -o sadm.js
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import zipfile
@@ -41,9 +40,12 @@ import torch
 from tqdm import tqdm
 
 from sadm_nnunet.anomaly_maps import anomaly_maps, foreground_probability
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.errors import one_line_errors
+from sadm_nnunet.io_utils import read_json as read_json_file, write_json_atomic
 from sadm_nnunet.nnunet_cases import (back_to_input, find_cases, nonzero_mask, preprocess_case, results_folder,
                                       to_input_intensities, write_volumes)
+from sadm_nnunet.output_checks import prepare_output_folder
+from sadm_nnunet.training.checkpoints import check_checkpoint
 
 SSIM_DATA_RANGE = 2.0  # SSIM is taken in the denoiser's intensity space, where the scheduler's range is [-1, 1]
 SETTINGS_FILE = "score_settings.json"
@@ -90,7 +92,7 @@ def _fail(message: str) -> SystemExit:
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise _fail(f"{path} is missing; nnUNetv2_train writes it into the model folder")
-    return json.loads(path.read_text())
+    return read_json_file(path)
 
 
 def sadm_settings(plans: dict, configuration: str, plans_file: Path):
@@ -135,6 +137,8 @@ def load_network(folder: Path, folds: list[str], checkpoint: str, device: torch.
 
     from sadm_nnunet.segmentation.network import SADMNetwork
 
+    for fold in folds:
+        check_checkpoint(folder / f"fold_{fold}" / checkpoint)  # a truncated file: one line naming it and its size
     predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                 verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), folds, checkpoint)
@@ -186,8 +190,10 @@ def check_same_image(pkl: Path, properties: dict, case: str) -> None:
                         f"has {list(properties[key])}; the predictions belong to other images")
 
 
+@one_line_errors("sadm_nnunet_score")
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    prepare_output_folder(args.output, {"-i": args.input, "-pred": args.predictions})
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = results_folder(args.dataset, args.trainer, args.plans, args.configuration, "trained SADM model",
