@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from sadm_nnunet.diffusion.settings import PLANS_KEY, unet_config
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.errors import one_line_errors
+from sadm_nnunet.io_utils import read_json, write_json_atomic
 
 
 def parse_override(text: str) -> dict:
@@ -44,6 +45,7 @@ def plans_file(dataset: str, plans_identifier: str) -> Path:
     return path
 
 
+@one_line_errors("sadm_nnunet_plan_diffusion")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="healthy dataset name or id (as for nnUNetv2_train)")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from sadm_nnunet.training.diffusion_trainer import resolve_diffusion_settings
 
     path = plans_file(args.dataset, args.plans)
-    plans = json.loads(path.read_text())
+    plans = read_json(path, "plans file")
     configuration = plans.get("configurations", {}).get(args.configuration)
     if configuration is None:
         raise SystemExit(f"{path} has no configuration '{args.configuration}'; "
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     resolved = PlansManager(plans).get_configuration(args.configuration)
-    n_channels = len(json.loads((path.parent / "dataset.json").read_text())["channel_names"])
+    n_channels = len(read_json(path.parent / "dataset.json", "dataset file")["channel_names"])
     cfg = unet_config(settings, tuple(resolved.patch_size), n_channels)
     print(f"Wrote '{PLANS_KEY}' into {path} (configuration '{args.configuration}').")
     print(f"Denoiser: patch {list(cfg['sample_size'])}, {n_channels} channel(s), widths "
