@@ -177,6 +177,89 @@ def test_clear_errors(scored, predictions, nnunet, lesion_dataset, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing written when the inputs are refused
 
 
+def test_truncated_inputs_checkpoints_and_stale_temporaries(scored, nnunet, lesion_dataset, tmp_path):
+    """One-line errors that name the file: a truncated input image, NaN voxels (SimpleITK would read zeros), a
+    truncated checkpoint; the temporaries a killed run left in the output folder are removed at the next run."""
+    import os
+    import subprocess
+
+    from sadm_nnunet.io_utils import HOST_TAG
+
+    case = cases_of(nnunet, lesion_dataset)[0]
+    source = nnunet.raw / lesion_dataset / "imagesTs" / f"{case}_0000.nii.gz"
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = out / f".sadm-tmp-{dead.pid}-{HOST_TAG}-{case}_score.nii.gz.k3j4.nii.gz"
+    stale.write_bytes(b"half a volume")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    data = source.read_bytes()
+    (truncated / source.name).write_bytes(data[: len(data) // 2])
+    args = ["sadm_nnunet_score", "-i", truncated, "-o", out, "-d", LESION_ID, "-tr", SADM_TRAINER, "-f", "0",
+            "--device", "cpu", "--beta", "1"]
+    proc = nnunet.run(*args, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"sadm_nnunet_score: error: {truncated / source.name}: truncated: found ")
+    assert "Traceback" not in proc.stderr and "Removed 1 temporary file(s)" in proc.stdout
+    assert os.listdir(out) == []
+    image = nib.load(source)
+    values = np.asarray(image.dataobj, dtype=np.float32)
+    values[values.shape[0] // 2, values.shape[1] // 2, values.shape[2] // 2] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine, image.header), truncated / source.name)
+    proc = nnunet.run(*args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{truncated / source.name}: non-finite voxels: found 1 NaN/inf voxel(s)" in proc.stderr
+    fold = nnunet.results / lesion_dataset / f"{SADM_TRAINER}__nnUNetPlans__2d_sadm" / "fold_0"
+    checkpoint = fold / "checkpoint_truncated.pth"
+    data = (fold / "checkpoint_final.pth").read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 3])
+    try:
+        proc = nnunet.run(*score_args(nnunet, lesion_dataset, out, "--beta", "1", "-chk", checkpoint.name),
+                          check=False)
+    finally:
+        checkpoint.unlink()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Could not load checkpoint {checkpoint} ({len(data) // 3} bytes)" in proc.stderr
+    assert os.listdir(out) == []
+
+
+def test_output_folder_in_an_input_folder_is_refused(tmp_path):
+    """Outputs written into -i would be scored as new cases by the next run; refused before any model is read."""
+    from sadm_nnunet.commands.score import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "case_0000.nii.gz").write_bytes(b"")
+    for output, option in ((images, "-i"), (images / "scores", "-i"), (tmp_path / "pred" / "o", "-pred")):
+        with pytest.raises(SystemExit) as e:
+            main(["-i", str(images), "-pred", str(tmp_path / "pred"), "-o", str(output), "-d", "999"])
+        message = str(e.value)
+        assert message.startswith(f"sadm_nnunet_score: error: -o {output} ") and f"input folder {option} " in message
+    assert sorted(p.name for p in images.iterdir()) == ["case_0000.nii.gz"]
+
+
+def test_check_checkpoint_names_the_file_and_its_size(tmp_path):
+    import torch
+
+    from sadm_nnunet.errors import InputError
+    from sadm_nnunet.training.checkpoints import check_checkpoint
+
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {"w": torch.arange(1000.0)}, "trainer_name": "SADMTrainer"}, path)
+    assert check_checkpoint(path)["trainer_name"] == "SADMTrainer"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=rf"Could not load checkpoint {path} \({len(data) // 2} bytes\)"):
+        check_checkpoint(path)
+    torch.save([1, 2], path)
+    with pytest.raises(InputError, match=r"holds list; expected an nnU-Net checkpoint with 'network_weights'"):
+        check_checkpoint(path)
+    with pytest.raises(InputError, match="does not exist"):
+        check_checkpoint(tmp_path / "none.pth")
+
+
 # ---- the plans' scoring block (no fixtures) ----
 def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block():
     from sadm_nnunet.segmentation.settings import ScoringSettings, merged_user_settings

@@ -173,5 +173,23 @@ def test_dataset_with_lesion_labels_is_refused(nnunet):
     nnunet.plan(502)
     proc = nnunet.run("nnUNetv2_train", "502", "2d", "all", "-tr", "SADMDiffusionTrainer_2epochs_10its",
                       "-device", "cpu", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "SADMDiffusionTrainer_2epochs_10its: error: SADMDiffusionTrainer trains on healthy scans only" in \
+        proc.stderr.strip().splitlines()[-1]
     assert "healthy scans only" in proc.stderr and "3 case(s)" in proc.stderr and "lesion_000 (labels [2])" in proc.stderr
+
+
+def test_reconstruct_refuses_an_output_folder_in_its_input_folder(tmp_path):
+    """-o X with -i X: a second run would reconstruct the reconstructions (CASE_reconstruction_reconstruction_...);
+    refused before any model is read, with one line."""
+    from sadm_nnunet.commands.reconstruct import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "case_0000.nii.gz").write_bytes(b"")
+    for output in (images, images / "out"):
+        with pytest.raises(SystemExit) as e:
+            main(["-i", str(images), "-o", str(output), "-d", "999"])
+        assert str(e.value).startswith(f"sadm_nnunet_reconstruct: error: -o {output} ")
+        assert f"the input folder -i {images}" in str(e.value)
+    assert sorted(p.name for p in images.iterdir()) == ["case_0000.nii.gz"]

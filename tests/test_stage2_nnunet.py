@@ -60,6 +60,59 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     assert proc.returncode != 0
     assert "in-plane target spacing" in proc.stderr and "stage I [6.0, 6.0]" in proc.stderr
     assert "the target [12.0, 12.0]" in proc.stderr and "nnUNetv2_move_plans_between_datasets" in proc.stderr
+    # the printed fix works: run its commands as printed, then sadm_nnunet_plan succeeds
+    commands = printed_commands(proc.stderr)
+    assert [c[0] for c in commands] == ["nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess",
+                                        "sadm_nnunet_plan"]
+    for command in commands:
+        nnunet.run(*command)
+    moved = json.loads((plans_path.parent / "nnUNetPlansFrom501.json").read_text())
+    assert moved["configurations"]["2d"]["spacing"] == [6.0, 6.0]
+    assert moved["configurations"]["2d_sadm"]["inherits_from"] == "2d"
+    assert moved["configurations"]["2d_sadm"]["sadm"]["stage1"]["dataset"] == f"Dataset{HEALTHY_ID}_Healthy"
+    assert (plans_path.parent / "nnUNetPlansFrom501_2d").is_dir()  # preprocessed with the moved plans
+
+
+def printed_commands(stderr: str) -> list[list[str]]:
+    """The command lines an error message offers (indented lines that start with a console command)."""
+    return [line.split() for line in stderr.splitlines()
+            if line.startswith("  ") and line.split()[0].startswith(("nnUNetv2_", "sadm_nnunet_"))]
+
+
+def test_a_channel_mismatch_offers_no_plans_transfer(nnunet, sadm_planned, lesion_dataset):
+    """No plans or preprocessing change the channels a trained denoiser takes: the message says to train stage I
+    on healthy data with the target's channels, and prints no command that could not fix it."""
+    source = nnunet.preprocessed / lesion_dataset
+    target = nnunet.preprocessed / "Dataset504_TwoChannels"
+    target.mkdir()
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    dataset_json["channel_names"] = {"0": "T1", "1": "FLAIR"}
+    (target / "dataset.json").write_text(json.dumps(dataset_json))
+    plans = json.loads((source / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = target.name
+    for configuration in plans["configurations"].values():
+        for key in ("normalization_schemes", "use_mask_for_norm"):
+            if key in configuration:
+                configuration[key] = configuration[key] * 2
+    (target / "nnUNetPlans.json").write_text(json.dumps(plans))
+    before = (target / "nnUNetPlans.json").read_text()
+    proc = nnunet.run("sadm_nnunet_plan", 504, "--ddpm", HEALTHY_ID, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "channels: stage I has 1" in proc.stderr and "the target has 2" in proc.stderr
+    assert "Train stage I on a healthy dataset with the target's channels" in proc.stderr
+    assert printed_commands(proc.stderr) == []
+    assert (target / "nnUNetPlans.json").read_text() == before  # nothing written
+
+
+def test_a_corrupt_plans_file_is_named_in_one_line(nnunet, sadm_planned, lesion_dataset):
+    broken = nnunet.preprocessed / lesion_dataset / "BrokenPlans.json"
+    broken.write_text('{"configurations": {"2d": ')
+    proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-p", "BrokenPlans", check=False)
+    broken.unlink()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"sadm_nnunet_plan: error: plans file {broken} is not valid JSON (26 characters; Expecting value at line 1, "
+        f"column 27); expected the JSON object nnU-Net or sadm_nnunet wrote there")
 
 
 def test_compatibility_check_names_channels_normalisation_and_orientation(nnunet, sadm_planned, lesion_dataset,

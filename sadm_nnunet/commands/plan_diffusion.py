@@ -9,11 +9,10 @@ Re-running it keeps earlier overrides and applies the new ones.
 from __future__ import annotations
 
 import argparse
-import json
 
 from sadm_nnunet.diffusion.settings import PLANS_KEY, load_template, merge_settings, unet_config
 from sadm_nnunet.errors import InputError, one_line_errors
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_plans import configuration_manager, parse_override, plans_file, resolve_diffusion_settings
 
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     path = plans_file(args.dataset, args.plans)
-    plans = json.loads(path.read_text())
+    plans = read_json(path, "plans file")
     configuration_manager(plans, args.configuration, str(path), "the stage-I denoiser")
     configuration = plans["configurations"][args.configuration]
     try:
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(plans, path)
 
     resolved = configuration_manager(plans, args.configuration, str(path))
-    n_channels = len(json.loads((path.parent / "dataset.json").read_text())["channel_names"])
+    n_channels = len(read_json(path.parent / "dataset.json", "dataset file")["channel_names"])
     cfg = unet_config(settings, tuple(resolved.patch_size), n_channels)
     print(f"Wrote '{PLANS_KEY}' into {path} (configuration '{args.configuration}').")
     print(f"Denoiser: patch {list(cfg['sample_size'])}, {n_channels} channel(s), widths "

@@ -7,17 +7,17 @@ The new configuration (default '2d_sadm') inherits from `-c` and reuses its prep
 stage-I model (HEALTHY's trained SADMDiffusionTrainer*, fold --fold), that model's settings and architecture, and
 the SADM settings (template plans/sadm.json). Then train with `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.
 The stage-I model must have been trained on data preprocessed like the target's (channels, normalisation, target
-spacing, slice orientation); otherwise the command refuses and prints how to transfer the plans. Re-running it is
-safe: earlier --set values are kept unless set again.
+spacing, slice orientation); otherwise the command refuses and prints how to transfer the plans (or, for other
+channels, says that stage I must be trained on healthy data with the target's channels). Re-running it is safe:
+earlier --set values are kept unless set again.
 """
 from __future__ import annotations
 
 import argparse
-import json
 
 from sadm_nnunet.diffusion.export import load_diffusion_model
 from sadm_nnunet.errors import InputError, one_line_errors
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_cases import dataset_name
 from sadm_nnunet.nnunet_plans import configuration_manager, deep_update, parse_override, plans_file
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or f"{args.configuration}_sadm"
 
     path = plans_file(args.target, args.plans)
-    plans = json.loads(path.read_text())
+    plans = read_json(path, "plans file")
     configurations = plans.get("configurations", {})
     configuration_manager(plans, args.configuration, str(path))
     if name == args.configuration:
@@ -52,18 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     healthy = dataset_name(args.ddpm)
     stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
     stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
-    target_dataset_json = json.loads((path.parent / "dataset.json").read_text())
+    target_dataset_json = read_json(path.parent / "dataset.json", "dataset file")
     errors = compatibility_errors(stage1_plans, stage1_dataset_json, plans, target_dataset_json,
                                   stage1.configuration, args.configuration)
     if errors:
-        target = path.parent.name
-        raise SystemExit(
-            f"The stage-I model {stage1.trainer} of {healthy} does not fit {target} ({args.configuration}):\n  - "
-            + "\n  - ".join(errors) + "\nThe denoiser must see data preprocessed exactly like the target's. Give the "
-            f"target the healthy dataset's plans and preprocess it with them:\n"
-            f"  nnUNetv2_move_plans_between_datasets -s {healthy} -t {target} -sp {stage1.plans} -tp {healthy}Plans\n"
-            f"  nnUNetv2_preprocess -d {target} -plans_name {healthy}Plans -c {args.configuration}\n"
-            f"  sadm_nnunet_plan {target} --ddpm {healthy} -p {healthy}Plans")
+        raise SystemExit(mismatch_message(errors, stage1, healthy, path.parent.name, args))
 
     unet, diffusion = load_diffusion_model(model_folder(stage1))
     previous = configurations.get(name, {}).get(PLANS_KEY, {})
@@ -86,3 +79,38 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Train with: nnUNetv2_train {path.parent.name} {name} FOLD -tr SADMTrainer" +
           ("" if args.plans == "nnUNetPlans" else f" -p {args.plans}"))
 
+
+def dataset_id(name: str) -> int:
+    """nnU-Net's integer id of DatasetXXX_NAME (nnUNetv2_preprocess -d takes ids only)."""
+    return int(name[len("Dataset"):].split("_", 1)[0])
+
+
+def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args: argparse.Namespace) -> str:
+    """What differs and how to fix it. Planning differences (normalisation, spacing, orientation) are fixed by
+    giving the target the healthy dataset's plans and preprocessing it with them; the channels are a property of
+    the trained denoiser, which only a stage-I model trained on healthy data with the target's channels fixes."""
+    head = (f"The stage-I model {stage1.trainer} of {healthy} does not fit {target} ({args.configuration}):\n  - "
+            + "\n  - ".join(errors))
+    if any(e.startswith("channels:") for e in errors):
+        return (head + f"\nA trained denoiser takes the channels it was trained on; no plans or preprocessing can "
+                f"change that. Train stage I on a healthy dataset with the target's channels, in the same order "
+                f"(convert or build it, nnUNetv2_plan_and_preprocess, nnUNetv2_train ... -tr SADMDiffusionTrainer), "
+                f"then run sadm_nnunet_plan {dataset_id(target)} --ddpm with that dataset.")
+    plans = f"{stage1.plans}From{dataset_id(healthy)}"
+    rerun = [f"sadm_nnunet_plan {dataset_id(target)} --ddpm {dataset_id(healthy)} -p {plans} -c "
+             f"{stage1.configuration}"]
+    for option, value, default in (("--name", args.name, None), ("--fold", args.fold, "all"),
+                                   ("--ddpm-trainer", args.ddpm_trainer, None),
+                                   ("--ddpm-plans", args.ddpm_plans, "nnUNetPlans"),
+                                   ("--ddpm-configuration", args.ddpm_configuration, "2d")):
+        if value != default:
+            rerun.append(f"{option} {value}")
+    if args.set:
+        rerun.append("--set " + " ".join(args.set))
+    return (head + "\nThe denoiser must see data preprocessed exactly like the target's. Give the target the "
+            "healthy dataset's plans and preprocess it with them:\n"
+            f"  nnUNetv2_move_plans_between_datasets -s {dataset_id(healthy)} -t {dataset_id(target)} "
+            f"-sp {stage1.plans} -tp {plans}\n"
+            f"  nnUNetv2_preprocess -d {dataset_id(target)} -plans_name {plans} -c {stage1.configuration}\n"
+            f"  {' '.join(rerun)}\n"
+            f"and train with -p {plans}.")

@@ -20,7 +20,6 @@ from the SADM model's plans: the same unless changed there).
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,8 +29,9 @@ from tqdm import tqdm
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.errors import one_line_errors
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_cases import find_cases, results_folder
+from sadm_nnunet.output_checks import prepare_output_folder
 from sadm_nnunet.scoring import CaseScorer
 from sadm_nnunet.segmentation.settings import ScoringSettings
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-grid", type=int, help="pDDPM grid size (1 = whole slice)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    prepare_output_folder(args.output, {"-i": args.input})
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.patch_grid:
         options = replace(options, patch_grid=args.patch_grid)
     settings = replace(settings, reconstruction=options)
-    plans_manager = PlansManager(json.loads((base / "plans.json").read_text()))
-    dataset_json = json.loads((base / "dataset.json").read_text())
+    plans_manager = PlansManager(read_json(base / "plans.json", "plans file"))
+    dataset_json = read_json(base / "dataset.json", "dataset file")
     reconstructor = Reconstructor(unet, settings, options)
     scorer = CaseScorer(reconstructor, settings, ScoringSettings.template().with_beta(1.0), plans_manager,
                         plans_manager.get_configuration(args.configuration), dataset_json, torch.device(args.device))

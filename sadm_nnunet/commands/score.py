@@ -34,7 +34,6 @@ Then: sadm_nnunet_evaluate -ref LABELS -pred OUT --pred-suffix _score -o sadm.js
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -43,9 +42,11 @@ import torch
 from tqdm import tqdm
 
 from sadm_nnunet.errors import InputError, one_line_errors
-from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_cases import find_cases, load_foreground_probability, results_folder
 from sadm_nnunet.nnunet_plans import resolve_sadm_settings
+from sadm_nnunet.output_checks import prepare_output_folder
+from sadm_nnunet.training.checkpoints import UNREADABLE, check_checkpoint
 from sadm_nnunet.scoring import CaseScorer
 
 SETTINGS_FILE = "score_settings.json"
@@ -86,12 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path} is missing; nnUNetv2_train writes it into the model folder")
-    return json.loads(path.read_text())
-
-
 def choose_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[str]:
     if folds is None:
         found = sorted((p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint).is_file()),
@@ -116,7 +111,12 @@ def load_network(folder: Path, folds: list[str], checkpoint: str, device: torch.
 
     predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                 verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), folds, checkpoint)
+    try:
+        predictor.initialize_from_trained_model_folder(str(folder), folds, checkpoint)
+    except UNREADABLE:
+        for fold in folds:  # only on failure: find the unreadable file and name it with its size, in one line
+            check_checkpoint(folder / f"fold_{fold}" / checkpoint)
+        raise
     network = getattr(predictor.network, "_orig_mod", predictor.network)  # nnUNet_compile wraps it
     if not isinstance(network, SADMNetwork):
         raise InputError(f"the model in {folder} (trainer '{predictor.trainer_name}' in {checkpoint}) builds a "
@@ -133,12 +133,13 @@ def load_network(folder: Path, folds: list[str], checkpoint: str, device: torch.
 @one_line_errors("sadm_nnunet_score")
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    prepare_output_folder(args.output, {"-i": args.input, "-pred": args.predictions})
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = results_folder(args.dataset, args.trainer, args.plans, args.configuration, "trained SADM model",
                             f"nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer}")
-    plans = read_json(folder / "plans.json")
-    dataset_json = read_json(folder / "dataset.json")
+    plans = read_json(folder / "plans.json", "plans file")
+    dataset_json = read_json(folder / "dataset.json", "dataset file")
     settings = resolve_sadm_settings(plans, args.configuration, str(folder / "plans.json"))
     plans_manager = PlansManager(plans)
     scoring = settings.scoring.with_beta(args.beta)

@@ -12,6 +12,7 @@ from sadm_nnunet.diffusion.model import ConditionedUNet, parts
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.errors import InputError
+from sadm_nnunet.io_utils import read_json
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model
 
 STAGE1_TRAINER_PREFIX = "SADMDiffusionTrainer"
@@ -124,6 +125,6 @@ def stage1_plans_and_dataset_json(model: Stage1Model) -> tuple[dict, dict]:
         path = folder / name
         if not path.is_file():
             raise InputError(f"{path} is missing; it is written when nnUNetv2_train starts")
-        out.append(json.loads(path.read_text()))
+        out.append(read_json(path))
     return out[0], out[1]
 

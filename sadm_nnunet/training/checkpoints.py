@@ -8,9 +8,34 @@ from pathlib import Path
 
 import torch
 
+from sadm_nnunet.errors import InputError
 from sadm_nnunet.io_utils import atomic_path
 
 BEST_CHECKPOINT = "checkpoint_best.pth"
+UNREADABLE = (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.UnpicklingError)
+
+
+def unreadable_message(path: Path, error: BaseException, writer: str) -> str:
+    return (f"Could not load checkpoint {path} ({path.stat().st_size} bytes): {type(error).__name__}: "
+            f"{' '.join(str(error).split())}. The file is truncated or was not written by {writer}; delete it and "
+            f"continue from another checkpoint (checkpoint_best.pth / checkpoint_latest.pth) or retrain.")
+
+
+def check_checkpoint(path: str | os.PathLike, writer: str = "nnUNetv2_train") -> dict:
+    """The checkpoint in `path` (loaded on the CPU), or an InputError naming the file and its size when it is
+    missing, truncated or not a checkpoint (torch.load's own errors do neither)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE as e:
+        raise InputError(unreadable_message(path, e, writer)) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise InputError(f"Checkpoint {path} ({path.stat().st_size} bytes) holds {found}; expected an nnU-Net "
+                         f"checkpoint with 'network_weights' written by {writer}")
+    return checkpoint
 
 
 class AtomicCheckpointMixin:
@@ -36,11 +61,8 @@ class AtomicCheckpointMixin:
             raise FileNotFoundError(f"Checkpoint {path} does not exist")
         try:
             super().load_checkpoint(str(path))
-        except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
-            raise RuntimeError(
-                f"Could not load checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {e}. "
-                f"The file is truncated or was not written by {type(self).__name__}; delete it and continue from "
-                f"another checkpoint (checkpoint_best.pth / checkpoint_latest.pth) or retrain.") from e
+        except UNREADABLE as e:
+            raise RuntimeError(unreadable_message(path, e, type(self).__name__)) from e
         self._restore_best_score(path)
 
     def _restore_best_score(self, loaded: Path) -> None:

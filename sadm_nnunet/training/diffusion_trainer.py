@@ -121,9 +121,11 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
             if found:
                 offending.append(f"{name[:-4]} (labels {found})")
         if offending:
-            raise ValueError(
-                f"SADMDiffusionTrainer trains on healthy scans only, but {len(offending)} case(s) of "
-                f"{self.plans_manager.dataset_name} contain labels other than {sorted(HEALTHY_LABEL_NAMES)}: "
+            # nnUNetv2_train's run_training lets exceptions through as tracebacks; the trainer is this command's
+            # context, so a refused dataset ends it with one line on stderr and exit status 1
+            raise SystemExit(
+                f"{type(self).__name__}: error: SADMDiffusionTrainer trains on healthy scans only, but "
+                f"{len(offending)} case(s) of {self.plans_manager.dataset_name} contain labels other than {sorted(HEALTHY_LABEL_NAMES)}: "
                 f"{', '.join(offending[:5])}{' ...' if len(offending) > 5 else ''}. Expected healthy scans whose "
                 f"labels are background (and optionally the brain mask as label 'brain'); a lesion in stage-I "
                 f"training would be learnt as healthy anatomy.")
