@@ -12,7 +12,8 @@
    evaluation with thresholds chosen on a tumour validation set.
 3. A table comparing the unsupervised reconstruction baseline, nnU-Net (image only) and SADM on the seen and the
    unseen lesion kind (⌈Dice⌉, AUPRC, Dice at the validation threshold; false-positive rate on healthy brains),
-   written to OUTPUT/results.md, and contact sheets of SADM's score in OUTPUT/figures/<kind>/contact_sheet.png.
+   written to OUTPUT/results.md, contact sheets of SADM's score in OUTPUT/figures/<kind>/contact_sheet.png, and
+   stage I's reconstructions of a healthy and a lesion test brain in OUTPUT/figures/reconstruction.png.
 
 Each step prints the command it runs (the full output goes to OUTPUT/log.txt). Run the command again after an
 interruption: finished steps are skipped and an interrupted training resumes from its checkpoint (nnU-Net's --c).
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = experiment_spec(mode, args.device)
     check_output_folder(output, spec)
 
-    from sadm_nnunet.experiment.pipeline import run_experiment
+    from sadm_nnunet.experiment.pipeline import RECONSTRUCTION_FIGURE, run_experiment
     from sadm_nnunet.experiment.steps import StepFailed
 
     print(f"sadm_nnunet_demo ({mode}) in {output}")
@@ -154,5 +155,6 @@ def main(argv: list[str] | None = None) -> None:
     print(result["table"])
     print(f"\nTable: {output / 'results.md'}; all numbers: {output / 'results.json'}")
     for kind, sheet in (result["figures"] or {}).items():
-        print(f"Contact sheet ({kind}): {sheet}")
+        print(f"Stage I's reconstructions: {sheet}" if kind == RECONSTRUCTION_FIGURE else
+              f"Contact sheet ({kind}): {sheet}")
     print(f"Done in {minutes:.1f} min (this invocation).")
