@@ -17,7 +17,7 @@
 
 Each step prints the command it runs (the full output goes to OUTPUT/log.txt). Run the command again after an
 interruption: finished steps are skipped and an interrupted training resumes from its checkpoint (nnU-Net's --c).
-The default run takes under 20 minutes on 2 CPU cores (4 mm voxels; stage I 5 epochs, each segmentation model 1
+The default run takes under 20 minutes on 2 CPU cores (4 mm voxels; stage I 4 epochs, each segmentation model 1
 epoch of 250 iterations); --quick about 5 minutes (6 mm voxels, tiny denoiser, one epoch per model: a first look,
 and what CI runs). The numbers of a run this short
 show the pipeline working, not the method's accuracy: see benchmarks/RESULTS.md for that.
@@ -42,10 +42,10 @@ MODES = {
         "cohort": {"name": "Demo", "healthy_id": 981, "labelled_id": 982, "num_healthy": 16, "num_labelled": 8,
                    "num_validation": 3, "num_test": 5, "num_healthy_test": 2, "spacing": 4.0, "deformation": 1.0},
         "source_mm": 3.0,
-        # stage I: 5 epochs of 250 iterations with a short EMA (decay at most 0.95, about the last 20 iterations):
+        # stage I: 4 epochs of 250 iterations with a short EMA (decay at most 0.95, about the last 20 iterations):
         # 2 epochs with the template's 0.999 left a flat grey reconstruction (validation SSIM 0.14), and the raw
         # weights beat the EMA at every epoch of such short runs (benchmarks/RESULTS.md, "Demo stage I")
-        "stage1_trainer": "SADMDiffusionTrainer_5epochs",
+        "stage1_trainer": "SADMDiffusionTrainer_4epochs",
         "sadm_trainer": "SADMTrainer_1epoch",
         "plain_trainer": "nnUNetTrainer_1epoch",
         "denoiser_overrides": ("unet.base_channels=16", "unet.max_channels=64", "unet.norm_num_groups=8",
