@@ -27,6 +27,7 @@ PANEL_INCHES = 2.6
 SHEET_PANEL_INCHES = 2.4   # one slice of a contact-sheet tile
 CAPTION_INCHES = 0.55      # the caption above a tile: case, metrics, an empty prediction
 COLORBAR_INCHES = 1.1      # the shared colour bar right of the tiles, with its tick labels
+RECONSTRUCTION_PANEL_INCHES = 1.8  # one panel of the reconstruction figure
 DPI = 100
 PREDICTION_RGBA = (1.0, 0.1, 0.1, 0.6)  # the prediction at the threshold, filled, over the grey input
 SCORE_SETTINGS_FILE = "score_settings.json"  # what sadm_nnunet_score writes into its output folder
@@ -140,6 +141,79 @@ def _overlay(ax, background: np.ndarray | None, window, prediction: np.ndarray |
     if background is None and reference is not None:
         ax.set_xlim(-0.5, reference.shape[1] - 0.5)
         ax.set_ylim(-0.5, reference.shape[0] - 0.5)
+
+
+def reconstruction_slice(volumes: CaseVolumes, axis: int = AXIAL) -> int:
+    """The slice `reconstruction_figure` shows: the largest reference area, else the most brain (nonzero image)."""
+    other = tuple(a for a in range(volumes.image.ndim) if a != axis)
+    shown = volumes.reference if volumes.reference is not None and np.any(volumes.reference != 0) else volumes.image
+    return int(np.argmax(np.count_nonzero(shown, axis=other)))
+
+
+def reconstruction_figure_size(rows: int) -> tuple[int, int]:
+    """(width, height) in pixels of `reconstruction_figure`'s PNG with `rows` cases."""
+    return (round((3 * RECONSTRUCTION_PANEL_INCHES + 0.4) * DPI),
+            round((rows * RECONSTRUCTION_PANEL_INCHES + 0.3) * DPI))
+
+
+def reconstruction_figure(path: str | Path, rows: list[tuple[str, CaseVolumes]], axis: int = AXIAL) -> Path:
+    """Writes (atomically) a PNG of stage I's work: per row one axial slice of a case, as input | pseudo-healthy
+    reconstruction (same grey window) | unsupervised map (1 - SSIM, 0 to 1), the reference outlined in green.
+    `rows` are (caption, volumes with image, reconstruction and unsupervised; reference optional); the slice is
+    `reconstruction_slice`'s. Size `reconstruction_figure_size(len(rows))`; returns the path."""
+    plt = _plt()
+    width, height = reconstruction_figure_size(len(rows))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False)
+    for r, (caption, volumes) in enumerate(rows):
+        index = reconstruction_slice(volumes, axis)
+        window = _window(volumes.image)
+        panels = axes[r]
+        panels[0].imshow(_take(volumes.image, index, axis), cmap="gray", vmin=window[0], vmax=window[1],
+                         origin="lower")
+        panels[1].imshow(_take(volumes.reconstruction, index, axis), cmap="gray", vmin=window[0], vmax=window[1],
+                         origin="lower")
+        im = panels[2].imshow(_take(volumes.unsupervised, index, axis), cmap="magma", vmin=0, vmax=1, origin="lower")
+        fig.colorbar(im, ax=panels[2], fraction=0.046, pad=0.02)
+        if volumes.reference is not None and np.any(volumes.reference != 0):
+            reference = _take(volumes.reference, index, axis) != 0
+            for ax in panels:
+                ax.contour(reference.astype(np.float32), levels=[0.5], colors="lime", linewidths=0.8)
+        panels[0].set_ylabel(f"{caption}\nslice {index}", fontsize=7)
+    for c, name in enumerate(("input", "reconstruction", "1 - SSIM")):
+        axes[0, c].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def reconstruction_figure_from_folders(out: str | Path, images: Path, maps: Path,
+                                       cases: list[tuple[str, str, Path | None]], map_suffix: str = "_unsupervised"
+                                       ) -> Path:
+    """`reconstruction_figure` for cases given as (caption, case, label file or None), read from `images`
+    (CASE_0000.nii.gz) and `maps`: CASE_reconstruction_0000 and the unsupervised map CASE{map_suffix} (as
+    sadm_nnunet_score and sadm_nnunet_reconstruct write them)."""
+    rows = []
+    for caption, case, label in cases:
+        image = _read_canonical(Path(images) / f"{case}_0000.nii.gz")
+        volumes = {}
+        for key, name in (("reconstruction", f"{case}_reconstruction_0000"), ("unsupervised", f"{case}{map_suffix}")):
+            volume = _read_canonical(Path(maps) / f"{name}.nii.gz")
+            check_geometry(case, volume, image, key)
+            volumes[key] = volume.array.astype(np.float32)
+        reference = None
+        if label is not None:
+            reference_volume = _read_canonical(Path(label))
+            check_geometry(case, reference_volume, image, "reference")
+            reference = reference_volume.array
+        rows.append((caption, CaseVolumes(score=volumes["unsupervised"], reference=reference,
+                                          image=image.array.astype(np.float32), **volumes)))
+    return reconstruction_figure(out, rows)
 
 
 def case_figure_size(rows: int) -> tuple[int, int]:

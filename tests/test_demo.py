@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from sadm_nnunet.figures import reconstruction_figure_size
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow  # every test starts the demo
@@ -52,6 +55,11 @@ def test_quick_demo_table_has_numbers_for_every_row(demo):
     for kind in ("tumour", "stroke"):
         sheet = output / "figures" / kind / "contact_sheet.png"
         assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # stage I's reconstructions of the first healthy, tumour and stroke test subject, one row each
+    picture = output / "figures" / "reconstruction.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size < 150_000
+    assert Image.open(picture).size == reconstruction_figure_size(3)
+    assert f"Stage I's reconstructions: {picture}" in proc.stdout
     # the real nnU-Net commands ran, shown to the user
     for command in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train 983 2d all -tr SADMDiffusionTrainer_1epoch",
                     "sadm_nnunet_plan 984 --ddpm 983 --ddpm-trainer SADMDiffusionTrainer_1epoch", "-tr SADMTrainer_1epoch", "-tr nnUNetTrainer_1epoch",

@@ -11,8 +11,9 @@ from PIL import Image
 from sadm_nnunet.commands.evaluate import main as evaluate_main
 from sadm_nnunet.evaluation import EvaluationError
 from sadm_nnunet.figures import (PREDICTION_RGBA, CaseVolumes, case_figure, case_figure_size, contact_sheet,
-                                 contact_sheet_layout, contact_sheet_size, recorded_beta, score_label, select_slices,
-                                 sheet_tile)
+                                 contact_sheet_layout, contact_sheet_size, recorded_beta,
+                                 reconstruction_figure_from_folders, reconstruction_figure_size, reconstruction_slice,
+                                 score_label, select_slices, sheet_tile)
 from test_evaluation import make_folders, save
 
 
@@ -52,6 +53,30 @@ def test_case_figure_and_contact_sheet_sizes(tmp_path):
     sheet = contact_sheet(tmp_path / "sheet.png", tiles, columns=5)
     assert Image.open(sheet).size == contact_sheet_size(13, columns=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "sheet.png"]
+
+
+def test_reconstruction_figure_shows_the_lesion_or_the_most_brain(tmp_path):
+    v = case_volumes()
+    assert reconstruction_slice(v) == 8  # axial slices 8-10 hold 16 reference voxels each: the first of them
+    v.reference[5, 6, 10] = 0
+    v.reference[4, 6, 10] = 1
+    v.reference[4, 7, 10] = 1
+    assert reconstruction_slice(v) == 10
+    healthy = CaseVolumes(score=v.score, image=v.image.copy())
+    healthy.image[:, :, 6:] = 0  # brain in axial slices 2-5; slice 4 has the most
+    healthy.image[0, 0:2, 4] = 1
+    assert reconstruction_slice(healthy) == 4
+    for case, volumes, label in (("h", case_volumes(1), None), ("t", v, tmp_path / "t.nii.gz")):
+        save(tmp_path / "images" / f"{case}_0000.nii.gz", volumes.image)
+        save(tmp_path / "maps" / f"{case}_reconstruction_0000.nii.gz", volumes.reconstruction)
+        save(tmp_path / "maps" / f"{case}_unsupervised.nii.gz", volumes.unsupervised)
+    save(tmp_path / "t.nii.gz", v.reference)
+    cases = [("healthy: h", "h", None), ("tumour: t", "t", tmp_path / "t.nii.gz")]
+    path = reconstruction_figure_from_folders(tmp_path / "r.png", tmp_path / "images", tmp_path / "maps", cases)
+    assert Image.open(path).size == reconstruction_figure_size(2) == (580, 390)
+    save(tmp_path / "maps" / "h_unsupervised.nii.gz", case_volumes(1, shape=(16, 18, 13)).unsupervised)
+    with pytest.raises(EvaluationError, match="case 'h': unsupervised h_unsupervised.nii.gz has shape"):
+        reconstruction_figure_from_folders(tmp_path / "x.png", tmp_path / "images", tmp_path / "maps", cases)
 
 
 def test_figures_option_of_the_command(tmp_path):

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figures", type=Path, help="folder for per-case PNGs and a contact sheet")
     parser.add_argument("--images", type=Path, help="raw images CASE_0000.nii.gz for the figures")
     parser.add_argument("--maps", type=Path, help="folder with CASE_reconstruction_0000.nii.gz and CASE_unsupervised"
-                                                  ".nii.gz (or CASE_ssim.nii.gz) for the figures")
+                                                  ".nii.gz for the figures")
     parser.add_argument("--max-figures", type=int, default=50, help="per-case PNGs for at most this many cases "
                                                                     "(the contact sheet shows all); default 50")
     return parser

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sadm_nnunet.experiment.cohort import VALIDATION, Cohort, CohortSpec, build_cohort, load_cohort
+from sadm_nnunet.experiment.cohort import HEALTHY, VALIDATION, Cohort, CohortSpec, build_cohort, load_cohort
 from sadm_nnunet.experiment.steps import Steps, clean_env
 from sadm_nnunet.io_utils import write_json_atomic
 
 SADM_CONFIGURATION = "2d_sadm"
 PLAIN_CONFIGURATION = "2d"
 REPORTED = ("best_dice", "auprc", "dice_at_threshold")
+RECONSTRUCTION_FIGURE = "reconstruction"  # key of the stage-I figure among the figures step's results
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,17 @@ def write_probability_maps(predictions: Path, out: Path, suffix: str = "_probabi
         p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape)
         write_volumes(out, case, {suffix.lstrip("_"): p_fg}, dataset_json["file_ending"], properties)
     return len(cases)
+
+
+def reconstruction_figure(cohort: Cohort, maps: Path, out: Path) -> Path:
+    """Input, stage I's reconstruction and its 1 - SSIM map for the first case of each test set (healthy first),
+    from sadm_nnunet_score's output folder `maps`."""
+    from sadm_nnunet.figures import reconstruction_figure_from_folders
+
+    sets = sorted(cohort.spec.test_sets, key=lambda s: s != HEALTHY)
+    cases = [(f"{s}: {cohort.sets[s][0]}", cohort.sets[s][0],
+              None if s == HEALTHY else cohort.labels(s) / f"{cohort.sets[s][0]}.nii.gz") for s in sets]
+    return reconstruction_figure_from_folders(out, cohort.images, maps, cases)
 
 
 def evaluate_method(cohort: Cohort, method: Method, scores_root: Path) -> dict:
@@ -219,9 +231,12 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
                 figures_from_folders(target, cohort.labels(s), scores / "sadm", reports["sadm"][s],
                                      pred_suffix="_score", images=cohort.images, maps=scores / "sadm", max_cases=0)
                 written[s] = str(target / "contact_sheet.png")
+            written[RECONSTRUCTION_FIGURE] = str(reconstruction_figure(cohort, scores / "sadm",
+                                                                       workdir / "figures" / "reconstruction.png"))
             return written
 
-        figures = steps.python("figures", "Contact sheets of SADM's fused score", make_figures)
+        figures = steps.python("figures", "Contact sheets of SADM's fused score, stage I's reconstructions",
+                               make_figures)
     return {"reports": reports, "table": table, "figures": figures}
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "SADMDiffusionTrainer",
     "SADMDiffusionTrainer_1epoch",
     "SADMDiffusionTrainer_2epochs",
+    "SADMDiffusionTrainer_4epochs",
     "SADMDiffusionTrainer_5epochs",
     "SADMDiffusionTrainer_2epochs_10its",
     "SADMDiffusionTrainer_3epochs_100its",
@@ -242,6 +243,10 @@ class SADMDiffusionTrainer_1epoch(SADMDiffusionTrainer):
 
 class SADMDiffusionTrainer_2epochs(SADMDiffusionTrainer):
     run_length = {"num_epochs": 2}
+
+
+class SADMDiffusionTrainer_4epochs(SADMDiffusionTrainer):
+    run_length = {"num_epochs": 4}
 
 
 class SADMDiffusionTrainer_5epochs(SADMDiffusionTrainer):
