@@ -147,8 +147,7 @@ def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> 
     2d_sadm configuration of a plans file, validated as sadm_nnunet_plan validates them."""
     import json
 
-    from sadm_nnunet.commands.plan_diffusion import parse_override
-    from sadm_nnunet.commands.plan_sadm import _deep_update
+    from sadm_nnunet.nnunet_plans import deep_update, parse_override
     from sadm_nnunet.experiment.pipeline import SADM_CONFIGURATION
     from sadm_nnunet.io_utils import write_json_atomic
     from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings
@@ -161,7 +160,7 @@ def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> 
             raise SystemExit(f"--predict-set takes {' or '.join(k + '.*' for k in PREDICTION_SETTINGS)} settings "
                              f"(they act on prediction only); found '{override}'. Settings that change training "
                              f"go into --set.")
-        configuration[PLANS_KEY] = _deep_update(configuration[PLANS_KEY], update)
+        configuration[PLANS_KEY] = deep_update(configuration[PLANS_KEY], update)
     try:
         SADMSettings.from_configuration(configuration, SADM_CONFIGURATION)
     except (KeyError, TypeError, ValueError) as e:

@@ -143,11 +143,11 @@ class PlainDiffusersLoop:
     def __init__(self, settings, patch_size, channels: int, batch_size: int, device, pool: int = 4) -> None:
         import torch
 
-        from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
+        from sadm_nnunet.diffusion.model import EMADenoiser, make_scheduler
 
         self.settings = settings
         self.device = device
-        self.model = Denoiser.from_settings(settings, tuple(patch_size), channels).to(device)
+        self.model = EMADenoiser.from_settings(settings, tuple(patch_size), channels).to(device)
         self.model.train()
         self.scheduler = make_scheduler(settings)
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=settings.training.learning_rate,

@@ -5,12 +5,15 @@ connected components and the fused score AS = beta * (1 - SSIM) + (1 - beta) * p
 `anomaly_maps` is the one entry point for a volume; the functions it calls are public for other uses."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from sadm_nnunet.segmentation.settings import ScoringSettings
 
 SSIM_SIGMA = 1.0  # paper: Gaussian window, sigma 1, kernel size 9
 SSIM_KERNEL = 9
@@ -56,47 +59,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # Volumes: residual, 1 - SSIM, median filter, brain mask, small components and the fused score (DESIGN.md §1.3)
 # ---------------------------------------------------------------------------------------------------------------
 
-MEDIAN_SIZE = 5  # paper: 3D median filter of the 1 - SSIM map, size 5
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """How the anomaly maps of a volume are post-processed (paper defaults).
-
-    beta: weight of the unsupervised map in AS = beta * (1 - SSIM) + (1 - beta) * p_seg (paper: 0.5, "SADM").
-    median_size: edge length of the 3D median filter applied to the 1 - SSIM map (0 or 1: no filter).
-    mask_erosion: the brain mask is eroded by this many voxels (6-connected, iterated) before it is applied.
-    min_component_size: connected components (26-connected) of {score >= component_threshold} with fewer voxels
-        than this are set to 0 in the fused score (0: keep everything).
-    component_threshold: the level that defines those components; required when min_component_size > 0.
-    slice_axis: the spatial axis along which the 2D SSIM is taken slice by slice (0 for arrays in SimpleITK /
-        nnU-Net order (z, y, x) of axially acquired images).
-    clip_dissimilarity: clip 1 - SSIM to [0, 1] before filtering (SSIM lies in [-1, 1]; a negative SSIM, i.e.
-        inverted local structure, then counts as fully dissimilar), so that the unsupervised map and the fused
-        score stay in [0, 1] like the probability they are combined with. False: the unclipped range [0, 2].
-    """
-
-    beta: float = 0.5
-    median_size: int = MEDIAN_SIZE
-    mask_erosion: int = 0
-    min_component_size: int = 0
-    component_threshold: float | None = None
-    slice_axis: int = 0
-    clip_dissimilarity: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1]; found {self.beta}")
-        for name in ("median_size", "mask_erosion", "min_component_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; found {getattr(self, name)}")
-        if self.min_component_size > 0 and self.component_threshold is None:
-            raise ValueError(f"min_component_size={self.min_component_size} needs component_threshold (the score "
-                             f"level whose connected components are counted); found None")
-        if self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2 (a spatial axis of a 3D volume); found {self.slice_axis}")
-
-
 def _channels_first(volume: np.ndarray, name: str) -> np.ndarray:
     """(Z, Y, X) or (C, Z, Y, X) -> float32 (C, Z, Y, X)."""
     volume = np.asarray(volume)
@@ -129,16 +91,21 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
     return np.abs(image - reconstruction).mean(axis=0)
 
 
-def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range: float, slice_axis: int = 0
-                      ) -> np.ndarray:
-    """1 - SSIM(image, reconstruction) per voxel, 2D slice by slice along `slice_axis` (Gaussian window sigma 1,
-    size 9, `ssim_map`), averaged over channels: a (Z, Y, X) float32 volume. `data_range` is the intensity range
-    of the inputs (it sets SSIM's stabilising constants), e.g. 2.0 for the denoiser's [-1, 1] space."""
+def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range: float, slice_axis: int, *,
+                      dimensions: int) -> np.ndarray:
+    """1 - SSIM(image, reconstruction) per voxel with a Gaussian window (sigma 1, size 9), averaged over channels:
+    a (Z, Y, X) float32 volume. dimensions 2: slice by slice along `slice_axis` (`ssim_map`); 3: on the volume
+    (scikit-image's `structural_similarity`, 9x9x9 window, population covariance). `data_range` is the intensity
+    range of the inputs (it sets SSIM's stabilising constants), e.g. 2.0 for the denoiser's [-1, 1] space."""
     image, reconstruction = _channels_first(image, "image"), _channels_first(reconstruction, "reconstruction")
     if image.shape != reconstruction.shape:
         raise ValueError(f"image and reconstruction differ in shape: {image.shape} vs {reconstruction.shape}")
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0; found {data_range}")
+    if dimensions == 3:
+        return _dissimilarity_3d(image, reconstruction, data_range)
+    if dimensions != 2:
+        raise ValueError(f"dimensions must be 2 (per slice) or 3 (volume); found {dimensions}")
     # (C, Z, Y, X) -> slices first: (S, C, H, W)
     order = (slice_axis + 1, 0, *[a + 1 for a in range(3) if a != slice_axis])
     a = torch.from_numpy(np.ascontiguousarray(image.transpose(order)))
@@ -148,7 +115,22 @@ def dissimilarity_map(image: np.ndarray, reconstruction: np.ndarray, data_range:
     return np.moveaxis(d, 0, slice_axis).astype(np.float32, copy=False)
 
 
-def median_filter_3d(volume: np.ndarray, size: int = MEDIAN_SIZE) -> np.ndarray:
+def _dissimilarity_3d(image: np.ndarray, reconstruction: np.ndarray, data_range: float) -> np.ndarray:
+    """Volumetric 1 - SSIM of (C, Z, Y, X) stacks, channel mean (scikit-image; borders mirrored)."""
+    from skimage.metrics import structural_similarity
+
+    smallest = min(image.shape[1:])
+    if smallest < SSIM_KERNEL:
+        raise ValueError(f"3D SSIM needs every axis >= {SSIM_KERNEL} voxels (the window); found shape "
+                         f"{image.shape[1:]}")
+    maps = [structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
+                                  truncate=(SSIM_KERNEL // 2) / SSIM_SIGMA, use_sample_covariance=False,
+                                  full=True)[1]
+            for a, b in zip(image.astype(np.float64), reconstruction.astype(np.float64))]
+    return (1 - np.mean(maps, axis=0)).astype(np.float32)
+
+
+def median_filter_3d(volume: np.ndarray, size: int) -> np.ndarray:
     """3D median filter (cubic window of edge `size`, borders mirrored: scipy's 'reflect'); size 0 or 1: a copy."""
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 3:
@@ -193,18 +175,22 @@ def fused_score(unsupervised: np.ndarray, p_seg: np.ndarray | None, beta: float)
             + (1.0 - beta) * np.asarray(p_seg, dtype=np.float32)).astype(np.float32, copy=False)
 
 
-def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarray | None, data_range: float,
-                 options: ScoreOptions = ScoreOptions(), brain: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """All anomaly maps of one volume, as the paper scores it.
+def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarray | None, *, data_range: float,
+                 scoring: ScoringSettings, slice_axis: int, brain: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+    """All anomaly maps of one volume, as the paper scores it: the one definition of the unsupervised map and of
+    the fused score.
 
     image, reconstruction: (Z, Y, X) or (C, Z, Y, X), same units; p_seg: (Z, Y, X) foreground probability in
-    [0, 1] (see `foreground_probability`), or None with options.beta = 1; data_range: see `dissimilarity_map`;
-    brain: the brain mask (default: `brain_mask(image)`, the image's nonzero region).
+    [0, 1] (see `foreground_probability`), or None with scoring.beta = 1; data_range, slice_axis: see
+    `dissimilarity_map`; scoring: the plans' `sadm.scoring` settings (beta, median filter, clipping, mask
+    erosion, small components; meanings in plans/sadm.json); brain: the brain mask (default: `brain_mask(image)`,
+    the image's nonzero region).
     Order, as in the authors' code: 1 - SSIM is set to 0 outside the brain, median-filtered, then restricted to
-    the brain eroded by options.mask_erosion ("the mask" below); p_seg is restricted to the mask as well.
+    the brain eroded by scoring.mask_erosion ("the mask" below); p_seg is restricted to the mask as well.
     Returns float32 (Z, Y, X) maps, 0 outside the mask, and the mask:
       "residual"      |image - reconstruction| (channel mean)
-      "dissimilarity" 1 - SSIM, not filtered (clipped to [0, 1] with options.clip_dissimilarity)
+      "dissimilarity" 1 - SSIM, not filtered (clipped to [0, 1] with scoring.clip_dissimilarity)
       "unsupervised"  1 - SSIM after the 3D median filter: the unsupervised (reconstruction-only) anomaly map
       "score"         AS = beta * unsupervised + (1 - beta) * p_seg, then small components removed if asked
       "brain_mask"    bool, the mask
@@ -224,16 +210,17 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
     elif np.shape(brain) != spatial:
         raise ValueError(f"brain mask has shape {np.shape(brain)}; the image's spatial shape is {spatial}")
     brain = np.asarray(brain, dtype=bool)
-    mask = erode_mask(brain, options.mask_erosion)
-    dissimilarity = dissimilarity_map(image, reconstruction, data_range, options.slice_axis)
-    if options.clip_dissimilarity:
+    mask = erode_mask(brain, scoring.mask_erosion)
+    dissimilarity = dissimilarity_map(image, reconstruction, data_range, slice_axis,
+                                      dimensions=scoring.ssim_dimensions)
+    if scoring.clip_dissimilarity:
         dissimilarity = np.clip(dissimilarity, 0.0, 1.0)
-    unsupervised = median_filter_3d(np.where(brain, dissimilarity, 0), options.median_size)
+    unsupervised = median_filter_3d(np.where(brain, dissimilarity, 0), scoring.median_size)
     maps = {"residual": residual, "dissimilarity": dissimilarity, "unsupervised": unsupervised}
     maps = {k: np.where(mask, v, 0).astype(np.float32, copy=False) for k, v in maps.items()}
-    score = fused_score(maps["unsupervised"], None if p_seg is None else np.where(mask, p_seg, 0), options.beta)
-    if options.min_component_size > 0:
-        score = remove_small_components(score, options.min_component_size, options.component_threshold)
+    score = fused_score(maps["unsupervised"], None if p_seg is None else np.where(mask, p_seg, 0), scoring.beta)
+    if scoring.min_component_size > 0:
+        score = remove_small_components(score, scoring.min_component_size, scoring.component_threshold)
     maps["score"] = score
     maps["brain_mask"] = mask
     return maps

@@ -211,17 +211,16 @@ def list_cases(folder: Path, suffix: str = "", what: str = "folder") -> dict[str
 
 
 def match_cases(reference: dict[str, Path], predicted: dict[str, Path], ref_folder: Path, pred_folder: Path
-                ) -> list[str]:
-    """The common, sorted case list; an error naming the cases found in only one folder."""
+                ) -> tuple[list[str], list[str]]:
+    """(the sorted cases that have a reference and a score map, the sorted score maps without a reference). A score
+    folder may hold other cases (sadm_nnunet_score writes validation and test cases into one folder): they are
+    not evaluated. A reference case without a score map is an error naming it."""
     missing, extra = sorted(set(reference) - set(predicted)), sorted(set(predicted) - set(reference))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} reference case(s) have no score map in {pred_folder}: {_some(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} score map(s) have no reference in {ref_folder}: {_some(extra)}")
-        raise EvaluationError("case lists differ: " + "; ".join(parts))
-    return sorted(reference)
+    if missing:
+        others = f"; {len(extra)} score map(s) have no reference in {ref_folder}: {_some(extra)}" if extra else ""
+        raise EvaluationError(f"case lists differ: {len(missing)} reference case(s) have no score map in "
+                              f"{pred_folder}: {_some(missing)}{others}")
+    return sorted(reference), extra
 
 
 def _some(names: list[str], k: int = 5) -> str:
@@ -250,11 +249,11 @@ class Volume:
 
 
 def read_volume(path: Path) -> Volume:
-    """The array as stored (scaling applied, float32 kept float32) and the affine of a NIfTI file."""
-    import nibabel as nib
+    """The array as stored (scaling applied, float32 kept float32) and the affine of a NIfTI file; a truncated
+    file or non-finite voxels raise `BadImageFile` naming the file."""
+    from sadm_nnunet.nifti_checks import load_checked
 
-    image = nib.load(str(path))
-    array = np.asanyarray(image.dataobj)
+    image, array = load_checked(path)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     return Volume(array, image.affine, Path(path))
@@ -315,14 +314,15 @@ def load_case(case: str, ref_path: Path, pred_path: Path, mask_folder: Path | No
 
 
 def load_folder(ref_folder: Path, pred_folder: Path, mask_folder: Path | None, pred_suffix: str = "",
-                ignore_label: int | None = None) -> dict[str, RankedCase]:
-    """Case -> RankedCase for matching reference and score folders (errors name the case)."""
+                ignore_label: int | None = None) -> tuple[dict[str, RankedCase], list[str]]:
+    """(case -> RankedCase for the cases of the reference folder, the score maps of other cases, which are not
+    evaluated); errors name the case."""
     refs = list_cases(ref_folder, "", "reference folder")
     preds = list_cases(pred_folder, pred_suffix, "score folder")
-    cases = match_cases(refs, preds, ref_folder, pred_folder)
+    cases, ignored = match_cases(refs, preds, ref_folder, pred_folder)
     if mask_folder is not None and not Path(mask_folder).is_dir():
         raise EvaluationError(f"mask folder {mask_folder} does not exist or is not a folder")
-    return {case: load_case(case, refs[case], preds[case], mask_folder, ignore_label) for case in cases}
+    return {case: load_case(case, refs[case], preds[case], mask_folder, ignore_label) for case in cases}, ignored
 
 
 def evaluate(cases: dict[str, RankedCase], validation: dict[str, RankedCase] | None = None,

@@ -341,9 +341,8 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
     """Per-case PNGs (CASE.png, for the first `max_cases` cases) and contact_sheet.png (all cases) in `out`, for
     the cases of an evaluation report (its threshold and metrics). Optional folders: `images` with CASE_0000.nii.gz,
     `maps` with CASE_reconstruction_0000.nii.gz and the unsupervised map CASE_unsupervised.nii.gz (as
-    sadm_nnunet_score writes them) or CASE_ssim.nii.gz (sadm_nnunet_reconstruct); missing files leave their panel
-    empty. The score is titled by `score_label`, with the beta of the score folder's score_settings.json if it has
-    one."""
+    sadm_nnunet_score and sadm_nnunet_reconstruct write them); missing files leave their panel empty. The score is
+    titled by `score_label`, with the beta of the score folder's score_settings.json if it has one."""
     out = Path(out)
     score_title = score_label(recorded_beta(pred_folder), pred_suffix)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +374,7 @@ def figures_from_folders(out: str | Path, ref_folder: Path, pred_folder: Path, r
                               image=optional(images, f"{case}_0000", case, reference, "image"),
                               reconstruction=optional(maps, f"{case}_reconstruction_0000", case, reference,
                                                       "reconstruction"),
-                              unsupervised=optional(maps, (f"{case}_unsupervised", f"{case}_ssim"), case, reference,
+                              unsupervised=optional(maps, (f"{case}_unsupervised",), case, reference,
                                                     "unsupervised map"))
         caption = _caption(case, report["per_case"][case])
         if i < max_cases:

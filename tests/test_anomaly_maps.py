@@ -1,13 +1,21 @@
 """Anomaly maps of a volume: residual, 1 - SSIM, median filter, brain mask, small components, fused score."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from sadm_nnunet.anomaly_maps import (ScoreOptions, anomaly_maps, brain_mask, dissimilarity_map, erode_mask,
+from sadm_nnunet.anomaly_maps import (anomaly_maps, brain_mask, dissimilarity_map, erode_mask,
                                       foreground_probability, fused_score, median_filter_3d, remove_small_components,
                                       residual_map)
+from sadm_nnunet.segmentation.settings import ScoringSettings
+
+
+def scoring(**changes) -> ScoringSettings:
+    """The template's scoring settings (plans/sadm.json) with `changes`."""
+    return replace(ScoringSettings.template(), **changes)
 
 
 def volumes(shape=(12, 20, 18), seed=0):
@@ -27,7 +35,7 @@ def test_residual_is_the_channel_mean_of_absolute_differences():
 def test_dissimilarity_matches_scikit_image_ssim_slice_by_slice():
     image, recon = volumes()
     for axis in (0, 2):
-        d = dissimilarity_map(image, recon, data_range=2.0, slice_axis=axis)
+        d = dissimilarity_map(image, recon, data_range=2.0, slice_axis=axis, dimensions=2)
         assert d.shape == image.shape and d.dtype == np.float32
         for k in range(3, 8):
             a, b = np.take(image, k, axis).astype(np.float64), np.take(recon, k, axis).astype(np.float64)
@@ -39,7 +47,37 @@ def test_dissimilarity_matches_scikit_image_ssim_slice_by_slice():
 
 def test_dissimilarity_is_zero_for_a_perfect_reconstruction():
     image, _ = volumes()
-    np.testing.assert_allclose(dissimilarity_map(image, image, data_range=2.0), 0, atol=1e-6)
+    for dimensions in (2, 3):
+        np.testing.assert_allclose(dissimilarity_map(image, image, 2.0, 0, dimensions=dimensions), 0, atol=1e-6)
+
+
+def test_3d_dissimilarity_is_volumetric_ssim_computed_by_hand():
+    """scoring.ssim_dimensions 3: SSIM over a 9x9x9 Gaussian window (sigma 1, population statistics), as the
+    authors' code computes it; checked against a hand computation at interior voxels."""
+    image, recon = volumes()
+    d3 = dissimilarity_map(image, recon, 2.0, 0, dimensions=3)
+    assert d3.shape == image.shape and d3.dtype == np.float32
+    g = np.exp(-np.arange(-4, 5) ** 2 / 2.0)
+    w = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    w /= w.sum()
+    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2
+    for z, y, x in [(5, 9, 9), (6, 10, 8), (7, 11, 10)]:
+        a = image[z - 4:z + 5, y - 4:y + 5, x - 4:x + 5].astype(np.float64)
+        b = recon[z - 4:z + 5, y - 4:y + 5, x - 4:x + 5].astype(np.float64)
+        mu_a, mu_b = (w * a).sum(), (w * b).sum()
+        var_a, var_b = (w * a * a).sum() - mu_a ** 2, (w * b * b).sum() - mu_b ** 2
+        cov = (w * a * b).sum() - mu_a * mu_b
+        ssim = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+        assert abs(d3[z, y, x] - (1 - ssim)) < 1e-5, (z, y, x)
+    d2 = dissimilarity_map(image, recon, 2.0, 0, dimensions=2)
+    assert np.abs(d3 - d2)[4:-4, 4:-4, 4:-4].max() > 1e-3  # a volumetric window, not the slice's
+    maps = anomaly_maps(image, recon, None, data_range=2.0, slice_axis=0,
+                        scoring=scoring(beta=1.0, ssim_dimensions=3))
+    brain = brain_mask(image)
+    expected = np.where(brain, median_filter_3d(np.where(brain, np.clip(d3, 0, 1), 0), 5), 0)
+    np.testing.assert_allclose(maps["unsupervised"], expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"3D SSIM needs every axis >= 9 voxels"):
+        dissimilarity_map(image[:8], recon[:8], 2.0, 0, dimensions=3)
 
 
 def test_median_filter_matches_brute_force_and_removes_a_spike():
@@ -50,10 +88,10 @@ def test_median_filter_matches_brute_force_and_removes_a_spike():
         assert out[z, y, x] == np.median(v[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3])
     spike = np.zeros((7, 7, 7), np.float32)
     spike[3, 3, 3] = 10
-    assert not median_filter_3d(spike).any()
+    assert not median_filter_3d(spike, 5).any()
     block = np.zeros((9, 9, 9), np.float32)
     block[:, :, :5] = 1  # a half space: the median at the boundary voxel x=4 sees 75 ones of 125
-    assert median_filter_3d(block)[4, 4, 4] == 1 and median_filter_3d(block)[4, 4, 5] == 0
+    assert median_filter_3d(block, 5)[4, 4, 4] == 1 and median_filter_3d(block, 5)[4, 4, 5] == 0
     np.testing.assert_array_equal(median_filter_3d(v, 1), v)
 
 
@@ -102,11 +140,10 @@ def test_anomaly_maps_compose_the_steps_in_the_paper_order():
     image, recon = volumes()
     rng = np.random.default_rng(3)
     p = rng.random(image.shape).astype(np.float32)
-    options = ScoreOptions(beta=0.3, mask_erosion=1)
-    maps = anomaly_maps(image, recon, p, data_range=2.0, options=options)
+    maps = anomaly_maps(image, recon, p, data_range=2.0, slice_axis=0, scoring=scoring(beta=0.3, mask_erosion=1))
     brain = brain_mask(image)
     mask = brain_mask(image, erosion=1)
-    d = dissimilarity_map(image, recon, 2.0)
+    d = dissimilarity_map(image, recon, 2.0, 0, dimensions=2)
     unsupervised = np.where(mask, median_filter_3d(np.where(brain, d, 0), 5), 0)
     np.testing.assert_array_equal(maps["brain_mask"], mask)
     np.testing.assert_allclose(maps["unsupervised"], unsupervised)
@@ -115,7 +152,7 @@ def test_anomaly_maps_compose_the_steps_in_the_paper_order():
     np.testing.assert_allclose(maps["score"], np.where(mask, 0.3 * unsupervised + 0.7 * p, 0), atol=1e-7)
     assert all(m.shape == image.shape for m in maps.values())
     # a perfect reconstruction leaves (1 - beta) * p_seg inside the mask
-    perfect = anomaly_maps(image, image, p, data_range=2.0, options=ScoreOptions(beta=0.5))
+    perfect = anomaly_maps(image, image, p, data_range=2.0, slice_axis=0, scoring=scoring(beta=0.5))
     np.testing.assert_allclose(perfect["score"], np.where(brain, 0.5 * p, 0), atol=1e-6)
 
 
@@ -124,20 +161,18 @@ def test_anomaly_maps_remove_small_components_of_the_score():
     p = np.zeros(image.shape, np.float32)
     p[5, 8, 8] = 1.0  # one isolated voxel
     p[4:7, 10:13, 10:13] = 1.0  # 27 voxels
-    options = ScoreOptions(beta=0.0, min_component_size=5, component_threshold=0.5)
-    score = anomaly_maps(image, image, p, data_range=2.0, options=options)["score"]
+    score = anomaly_maps(image, image, p, data_range=2.0, slice_axis=0,
+                         scoring=scoring(beta=0.0, min_component_size=5, component_threshold=0.5))["score"]
     assert score[5, 8, 8] == 0 and score[5, 11, 11] == 1.0 and score.sum() == 27
 
 
-def test_bad_options_and_inputs_are_named():
-    with pytest.raises(ValueError, match="beta must lie in"):
-        ScoreOptions(beta=1.5)
-    with pytest.raises(ValueError, match="needs component_threshold"):
-        ScoreOptions(min_component_size=10)
+def test_bad_inputs_are_named():
     image, recon = volumes()
     with pytest.raises(ValueError, match=r"p_seg has shape \(3, 3, 3\)"):
-        anomaly_maps(image, recon, np.zeros((3, 3, 3)), data_range=2.0)
+        anomaly_maps(image, recon, np.zeros((3, 3, 3)), data_range=2.0, slice_axis=0, scoring=scoring())
     with pytest.raises(ValueError, match=r"probability in \[0, 1\]; found values in \[2.0, 2.0\]"):
-        anomaly_maps(image, recon, np.full(image.shape, 2.0), data_range=2.0)
+        anomaly_maps(image, recon, np.full(image.shape, 2.0), data_range=2.0, slice_axis=0, scoring=scoring())
     with pytest.raises(ValueError, match="differ in shape"):
-        anomaly_maps(image, recon[:-1], None, data_range=2.0, options=ScoreOptions(beta=1.0))
+        anomaly_maps(image, recon[:-1], None, data_range=2.0, slice_axis=0, scoring=scoring(beta=1.0))
+    with pytest.raises(ValueError, match="beta=0.5 weights the segmentation probability"):
+        anomaly_maps(image, recon, None, data_range=2.0, slice_axis=0, scoring=scoring(beta=0.5))

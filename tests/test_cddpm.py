@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, ImageEncoder
+from sadm_nnunet.diffusion.encoder import ImageEncoder
+from sadm_nnunet.diffusion.model import ConditionedUNet
 from sadm_nnunet.diffusion.export import load_diffusion_model, save_diffusion_model
-from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
+from sadm_nnunet.diffusion.model import EMADenoiser, make_scheduler
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config, unet_config
 
@@ -27,10 +29,10 @@ CONDITIONED = {**TINY, "conditioning": {"encoder": "conv", "base_channels": 8, "
 CDDPM_TRAINER = "SADMDiffusionTrainer_cDDPM_2epochs_10its"
 
 
-def tiny(conditioned: bool = True, seed: int = 0) -> tuple[Denoiser, DiffusionSettings]:
+def tiny(conditioned: bool = True, seed: int = 0) -> tuple[EMADenoiser, DiffusionSettings]:
     settings = DiffusionSettings.from_dict(CONDITIONED if conditioned else TINY)
     torch.manual_seed(seed)
-    return Denoiser.from_settings(settings, (32, 32), 1), settings
+    return EMADenoiser.from_settings(settings, (32, 32), 1), settings
 
 
 def slices(n: int = 4, h: int = 30, w: int = 28, seed: int = 0) -> torch.Tensor:
@@ -45,7 +47,7 @@ def test_default_settings_and_denoiser_are_the_unconditioned_ones():
     assert "class_embed_type" not in config and encoder_config(settings, config) is None
     denoiser, _ = tiny(conditioned=False)
     torch.manual_seed(0)
-    reference = UNet2DModel(**config)  # what Denoiser built before cDDPM existed: same random draws, same keys
+    reference = UNet2DModel(**config)  # what the EMA wrapper built before cDDPM existed: same random draws, same keys
     assert type(denoiser.unet) is UNet2DModel and type(denoiser.ema) is UNet2DModel
     assert set(denoiser.state_dict()) == {f"{p}.{k}" for p in ("unet", "ema") for k in reference.state_dict()} | {
         "ema_updates"}
@@ -182,7 +184,7 @@ def test_incomplete_or_inconsistent_cddpm_exports_are_clear_errors(tmp_path):
 
 
 def test_trainers_set_or_refuse_the_planned_conditioning(nnunet, healthy_dataset):
-    from sadm_nnunet.training.diffusion_trainer import resolve_diffusion_settings
+    from sadm_nnunet.nnunet_plans import resolve_diffusion_settings
 
     plans = json.loads((nnunet.preprocessed / healthy_dataset / "nnUNetPlans.json").read_text())
     cddpm = resolve_diffusion_settings(copy.deepcopy(plans), "2d", "conv", "SADMDiffusionTrainer_cDDPM")
@@ -281,3 +283,17 @@ def test_stage2_network_uses_the_cddpm_model(cddpm_run, healthy_dataset, monkeyp
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(x), output)
     assert any(k.startswith("denoiser.image_encoder.") for k in network.state_dict())
+
+
+def test_a_stage1_state_dict_written_before_the_rename_loads_strictly():
+    """tests/data holds an EMA denoiser's state dict (cDDPM: UNet + image encoder, one EMA update) saved when the
+    class was called `Denoiser` and `ConditionedUNet` lived in diffusion/encoder.py; its keys and outputs are
+    unchanged under `EMADenoiser`."""
+    saved = torch.load(Path(__file__).parent / "data" / "cddpm_denoiser_state_2026-12-02.pt", weights_only=True)
+    settings = DiffusionSettings.from_dict(saved["settings"])
+    denoiser = EMADenoiser.from_settings(settings, tuple(saved["patch_size"]), 1)
+    denoiser.load_state_dict(saved["state_dict"], strict=True)
+    assert int(denoiser.ema_updates) == 1 and isinstance(denoiser.ema, ConditionedUNet)
+    with torch.no_grad():
+        out = denoiser.ema(saved["input"], saved["timesteps"], saved["input"])
+    torch.testing.assert_close(out, saved["ema_output"], rtol=0, atol=1e-5)  # float summation order only

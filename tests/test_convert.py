@@ -223,7 +223,7 @@ def test_wmh_case_identifiers_and_origin_tolerance(converted):
 @pytest.mark.parametrize("kind, identifier, problem, file_end", [
     ("brats21", "BraTS2021_00009", "size differs from BraTS2021_00009_flair.nii.gz", "BraTS2021_00009_seg.nii.gz"),
     ("ixi", "IXI004-Guys-1004", "missing file", "IXI-PD/IXI004-Guys-1004-PD.nii.gz"),
-    ("atlas2", "sub-r001s002_ses-1", "unreadable", "sub-r001s002_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"),
+    ("atlas2", "sub-r001s002_ses-1", "truncated", "sub-r001s002_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"),
 ])
 def test_broken_case_reported_and_skipped(converted, kind, identifier, problem, file_end):
     report, folder = converted["reports"][kind], converted["folders"][kind]
@@ -236,7 +236,7 @@ def test_broken_case_reported_and_skipped(converted, kind, identifier, problem, 
         assert skip["found"] == [16, 20, 11] and skip["expected"] == [16, 20, 12]
 
 
-@pytest.mark.parametrize("name, keep, problem", [("a.nii.gz", 0.6, "unreadable"), ("a.nii.gz", 0.01, "unreadable"),
+@pytest.mark.parametrize("name, keep, problem", [("a.nii.gz", 0.6, "truncated"), ("a.nii.gz", 0.01, "unreadable"),
                                                  ("a.nii", 0.9, "truncated")])
 def test_incomplete_file_detected(tmp_path, name, keep, problem):
     path = save(tmp_path / name, brain(0)[0])
@@ -246,8 +246,21 @@ def test_incomplete_file_detected(tmp_path, name, keep, problem):
         read_image(path)
     assert e.value.record["problem"] == problem and e.value.record["file"] == str(path)
     if problem == "truncated":
-        assert e.value.record["found"] == f"{path.stat().st_size} bytes"
+        if name == "a.nii":
+            assert e.value.record["found"] == f"{path.stat().st_size} bytes"
+        assert int(e.value.record["found"].split()[0]) < 352 + 4 * np.prod(SHAPE)
         assert e.value.record["expected"].startswith(f"{352 + 4 * np.prod(SHAPE)} bytes")
+
+
+def test_non_finite_voxels_detected_from_the_stored_data(tmp_path):
+    """SimpleITK reads NaN and inf as 0; the check reads the stored values."""
+    image = brain(0)[0]
+    image[3, 4, 5], image[6, 7, 8] = np.nan, -np.inf
+    path = save(tmp_path / "nan.nii.gz", image)
+    with pytest.raises(CaseSkipped) as e:
+        read_image(path)
+    assert e.value.record == {"file": str(path), "problem": "non-finite voxels", "found": "2 NaN/inf voxel(s)",
+                              "expected": "finite values"}
 
 
 def test_skull_strip_check_reported(converted):
@@ -358,3 +371,36 @@ def test_duplicate_files_and_nothing_converted(sources, env, tmp_path):
     with pytest.raises(SystemExit, match="No training case could be converted"):
         main(["brats21", str(tmp_path / "src"), "619"])
     assert sorted(p.name for p in env.iterdir()) == ["Dataset618_BraTS2021"]
+
+
+def test_a_folder_not_written_by_the_command_is_not_replaced(sources, env, capsys):
+    mine = env / "Dataset805_BraTS2021"
+    mine.mkdir()
+    (mine / "README").write_text("my own dataset")
+    with pytest.raises(SystemExit) as e:
+        main(["brats21", str(sources["brats21"]), "805"])
+    assert str(e.value).startswith(f"sadm_nnunet_convert: {mine} exists and was not written by sadm_nnunet_convert "
+                                   f"(found ['README']")
+    assert "--overwrite" in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert [p.name for p in mine.iterdir()] == ["README"] and "Replaced" not in capsys.readouterr().out
+    main(["brats21", str(sources["brats21"]), "805", "--overwrite"])
+    assert not (mine / "README").exists() and len(cases_in(mine / "labelsTr")) == 7
+    assert "Replaced the earlier" in capsys.readouterr().out
+    main(["brats21", str(sources["brats21"]), "805"])  # written by the command now: replaced without --overwrite
+    assert "Replaced the earlier" in capsys.readouterr().out
+
+
+def test_temporary_folders_of_a_killed_conversion_are_removed(sources, env, capsys):
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs: the writer of the leftovers below was killed
+    from sadm_nnunet.io_utils import HOST_TAG
+    stale = env / f".sadm-tmp-{dead.pid}-{HOST_TAG}-Dataset806_BraTS2021.x1y2z3"
+    (stale / "imagesTr").mkdir(parents=True)
+    (stale / "imagesTr" / "BraTS2021_00000_0000.nii.gz").write_bytes(b"x" * 1000)
+    foreign = env / ".Dataset806_BraTS2021.tmp-abc"  # not our naming (nor the naming of older versions): kept
+    foreign.mkdir()
+    main(["brats21", str(sources["brats21"]), "806"])
+    assert "Removed 1 temporary file(s)/folder(s) left in" in capsys.readouterr().out
+    assert sorted(p.name for p in env.iterdir()) == [".Dataset806_BraTS2021.tmp-abc", "Dataset806_BraTS2021"]

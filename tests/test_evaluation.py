@@ -264,7 +264,7 @@ def test_mismatched_cases_shapes_and_geometry_name_the_case(folders, capsys):
     err = run_error(base, capsys)
     assert "case 'case03'" in err and "origin (5, 0, 0), expected (0, 0, 0)" in err
     save(root / "test/pred/case03.nii.gz", np.full((10, 12, 9), np.nan, np.float32))
-    assert "case 'case03'" in run_error(base, capsys)
+    assert "case03.nii.gz: non-finite voxels: found 1080 NaN/inf voxel(s)" in run_error(base, capsys)
     save(root / "test/pred/case03.nii.gz", np.zeros((10, 12, 9), np.float32))
     save(root / "test/ref/case04.nii.gz", np.full((10, 12, 9), 0.5, np.float32))
     err = run_error(base, capsys)
@@ -276,7 +276,7 @@ def test_leaks_and_inconsistent_options_are_refused(folders, capsys):
     root, _, _ = folders
     base = ["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "-o", str(root / "e.json")]
     same = ["-val-ref", str(root / "test/ref"), "-val-pred", str(root / "test/pred")]
-    assert "same folder" in run_error(base + same, capsys)
+    assert "6 case(s) are both evaluated and used to choose the threshold" in run_error(base + same, capsys)
     val = ["-val-ref", str(root / "val/ref"), "-val-pred", str(root / "val/pred")]
     assert "not both" in run_error(base + val + ["--threshold", "0.3"], capsys)
     assert "-mask and -val-mask go together" in run_error(base + val + ["-mask", str(root / "test/mask")], capsys)
@@ -329,3 +329,65 @@ def test_ignore_label_voxels_are_not_evaluated(tmp_path):
     expected = average_precision_score((ref.ravel() != 0)[keep], score.ravel()[keep])
     assert kept["auprc"] == pytest.approx(expected, abs=1e-12)
     assert json.loads(without.read_text())["per_case"][case]["reference_voxels"] == (labelled != 0).sum()
+
+
+def test_a_score_folder_with_other_cases_serves_as_pred_and_val_pred(folders, capsys):
+    """sadm_nnunet_score writes validation and test cases into one folder: each reference folder picks its cases,
+    the other score maps are ignored and counted."""
+    root, test, val = folders
+    import shutil
+    mixed = root / "mixed"
+    for folder in (root / "test/pred", root / "val/pred"):
+        shutil.copytree(folder, mixed, dirs_exist_ok=True)
+    out = root / "out" / "mixed.json"
+    evaluate_main(["-ref", str(root / "test/ref"), "-pred", str(mixed), "-val-ref", str(root / "val/ref"),
+                   "-val-pred", str(mixed), "-o", str(out)])
+    report = json.loads(out.read_text())
+    assert sorted(report["per_case"]) == sorted(test) and report["validation_cases"] == sorted(val)
+    assert report["ignored_score_maps"] == {"pred": 5, "val_pred": 6}
+    separate = root / "out" / "separate.json"
+    evaluate_main(["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "-val-ref", str(root / "val/ref"),
+                   "-val-pred", str(root / "val/pred"), "-o", str(separate)])
+    expected = json.loads(separate.read_text())
+    assert report["threshold"] == expected["threshold"] and report["per_case"] == expected["per_case"]
+    assert expected["ignored_score_maps"] == {"pred": 0, "val_pred": 0}
+    assert "Ignored 5 score map(s) in -pred" in capsys.readouterr().out
+    (root / "test/ref/case00.nii.gz").rename(root / "test/ref/nocase.nii.gz")  # a reference without score map
+    err = run_error(["-ref", str(root / "test/ref"), "-pred", str(mixed), "--threshold", "0.5", "-o", str(out)],
+                    capsys)
+    assert "1 reference case(s) have no score map" in err and "nocase" in err
+
+
+def test_output_inside_an_input_folder_or_a_folder_is_refused(folders, capsys):
+    root, _, _ = folders
+    reference = root / "test/ref/case01.nii.gz"
+    before = reference.read_bytes()
+    inputs = ["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "--threshold", "0.5",
+              "-mask", str(root / "test/mask"), "--images", str(root / "images")]
+    for output, option in ((reference, "-ref"), (root / "test/pred/new.json", "-pred"),
+                           (root / "test/mask/sub/m.json", "-mask"), (root / "images", "--images")):
+        err = run_error(inputs + ["-o", str(output)], capsys)
+        assert f"-o {output} " in err and f"input folder {option} " in err and len(err.strip().splitlines()) == 1
+    assert reference.read_bytes() == before and not (root / "test/pred/new.json").exists()
+    (root / "a_folder").mkdir()
+    err = run_error(inputs + ["-o", str(root / "a_folder")], capsys)
+    assert "is a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_truncated_and_non_finite_files_are_refused_with_the_file_named(folders, capsys):
+    root, _, _ = folders
+    base = ["-ref", str(root / "test/ref"), "-pred", str(root / "test/pred"), "--threshold", "0.5",
+            "-o", str(root / "e.json")]
+    score = root / "test/pred/case02.nii.gz"
+    data = score.read_bytes()
+    score.write_bytes(data[:len(data) // 2])
+    err = run_error(base, capsys)
+    assert f"{score}: truncated: found " in err and "bytes (header: shape [10, 12, 9], float32)" in err
+    assert len(err.strip().splitlines()) == 1
+    score.write_bytes(data)
+    reference = np.zeros((10, 12, 9), np.float32)
+    reference[0, 0, :2] = [np.nan, np.inf]
+    save(root / "test/ref/case04.nii.gz", reference)
+    err = run_error(base, capsys)
+    assert "case04.nii.gz: non-finite voxels: found 2 NaN/inf voxel(s), expected finite values" in err
+    assert not (root / "e.json").exists()

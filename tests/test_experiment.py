@@ -57,8 +57,20 @@ def test_cohort_layout_labels_and_geometry(cohort, brains):
     assert evaluation_sources <= {b[0] for b in brains[1]}
 
 
-def test_cohort_is_reproducible_and_reloadable(cohort, brains, tmp_path):
+def test_cohort_is_reproducible_and_reloadable(cohort, brains, tmp_path, capsys):
+    import subprocess
+
+    from sadm_nnunet.io_utils import HOST_TAG
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # the writer of the leftovers below was killed (its process id no longer runs)
+    leftovers = [tmp_path / "raw" / SPEC.healthy_dataset / "imagesTr" / f".sadm-tmp-{dead.pid}-{HOST_TAG}-a.nii.gz.1",
+                 tmp_path / "evaluation" / "images" / f".sadm-tmp-{dead.pid}-{HOST_TAG}-b.nii.gz.2"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half")
     again = build_cohort(SPEC, *brains, tmp_path / "raw", tmp_path / "evaluation")
+    assert "Removed 2 temporary file(s)" in capsys.readouterr().out and not any(p.exists() for p in leftovers)
     for case in ("tumour_001", "stroke_000"):
         a = np.asarray(nib.load(cohort.images / f"{case}_0000.nii.gz").dataobj)
         b = np.asarray(nib.load(again.images / f"{case}_0000.nii.gz").dataobj)

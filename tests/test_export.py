@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMPipeline
 
 from sadm_nnunet.diffusion.export import load_diffusion_model, save_diffusion_model
-from sadm_nnunet.diffusion.model import Denoiser
+from sadm_nnunet.diffusion.model import EMADenoiser
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import DiffusionSettings
 
@@ -17,7 +17,7 @@ TINY = {"unet": {"base_channels": 8, "max_channels": 16, "norm_num_groups": 4, "
 def saved(tmp_path):
     torch.manual_seed(0)
     settings = DiffusionSettings.from_dict(TINY)
-    unet = Denoiser.from_settings(settings, (32, 32), 1).ema
+    unet = EMADenoiser.from_settings(settings, (32, 32), 1).ema
     folder = save_diffusion_model(unet, settings, tmp_path / "diffusion_model")
     return unet, settings, folder
 

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sadm_nnunet.diffusion.model import Denoiser
+from sadm_nnunet.diffusion.model import EMADenoiser
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import DiffusionSettings
 
@@ -14,7 +14,7 @@ TINY = {"unet": {"base_channels": 8, "max_channels": 16, "norm_num_groups": 4, "
 def model():
     torch.manual_seed(0)
     settings = DiffusionSettings.from_dict(TINY)
-    return Denoiser.from_settings(settings, (32, 32), 2).ema, settings
+    return EMADenoiser.from_settings(settings, (32, 32), 2).ema, settings
 
 
 def slices(n=6, c=2, h=30, w=28, seed=0):
@@ -59,6 +59,11 @@ def test_single_step_matches_a_hand_computed_ensemble(model):
         per_level.append(unet(xt, t).sample * settings.intensity_scale)
     torch.testing.assert_close(out, sum(per_level) / 3, atol=1e-5, rtol=1e-4)
     assert (per_level[0] - per_level[2]).abs().mean() > 1e-3  # the levels differ: the mean is not one of them
+    # each level's own reconstruction (prediction_ensemble 'per_level' segments these one by one)
+    levels_out = Reconstructor(unet, settings_g, options).per_level(x)
+    torch.testing.assert_close(levels_out, torch.stack(per_level), atol=1e-5, rtol=1e-4)
+    volume = x.permute(1, 0, 2, 3)[None]  # (1, C, D, H, W) with the slices on D
+    assert Reconstructor(unet, settings_g, options).per_level(volume).shape == (3, *volume.shape)
 
 
 def test_volumes_are_reconstructed_slice_by_slice(model):

@@ -12,7 +12,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from sadm_nnunet.diffusion.settings import DiffusionSettings, unet_config
 from sadm_nnunet.segmentation.network import SADMNetwork
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model, sadm_block
-from sadm_nnunet.training.sadm_trainer import SADMTrainer, resolve_sadm_settings
+from sadm_nnunet.nnunet_plans import resolve_sadm_settings
+from sadm_nnunet.training.sadm_trainer import SADMTrainer
 
 from conftest import TINY_UNET
 
@@ -109,7 +110,7 @@ def test_wrong_channel_count_and_missing_sadm_block_give_clear_errors(sadm_plans
         net(torch.randn(1, 3, *sadm_plans["configurations"]["2d"]["patch_size"]))
     with pytest.raises(ValueError, match="not an SADM configuration.*sadm_nnunet_plan"):
         build(sadm_plans, configuration="2d")
-    with pytest.raises(ValueError, match="'3d_sadm' is not in the plans"):
+    with pytest.raises(ValueError, match="have no configuration '3d_sadm'"):
         resolve_sadm_settings(sadm_plans, "3d_sadm")
 
 
@@ -143,3 +144,29 @@ def test_mirrored_copies_reuse_the_reconstruction_without_running_the_denoiser(s
     net.train().eval()  # switching modes forgets the cache
     torch.testing.assert_close(net.reconstruct(other), fresh)
     assert len(calls) == 3 * first
+
+
+def test_per_level_ensemble_averages_the_logits_of_each_levels_segmentation(sadm_plans):
+    """prediction_ensemble 'per_level' (the authors' test step): in eval mode the SADM network segments the image
+    with each noise level's reconstruction and averages the logits; in training mode nothing changes."""
+    plans = copy.deepcopy(sadm_plans)
+    plans["configurations"]["2d_sadm"]["sadm"]["prediction_ensemble"] = "per_level"
+    torch.manual_seed(0)
+    net = build(plans, deep_supervision=True).eval()
+    mean_net = build(sadm_plans, deep_supervision=True).eval()
+    mean_net.load_state_dict(net.state_dict())
+    x = torch.randn(2, 1, *sadm_plans["configurations"]["2d"]["patch_size"])
+    with torch.no_grad():
+        out = net(x)
+        levels = net.reconstructor.per_level(x)  # checked against a hand computation in test_reconstruction
+        assert levels.shape == (3, *x.shape)
+        by_level = [net.segmentation(torch.cat([x, x - r], dim=1)) for r in levels]
+        assert isinstance(out, list) and len(out) == len(by_level[0])  # deep supervision: every scale averaged
+        for scale, output in enumerate(out):
+            torch.testing.assert_close(output, sum(o[scale] for o in by_level) / 3, atol=1e-5, rtol=1e-4)
+        mean_out = mean_net(x)
+        torch.testing.assert_close(mean_out[0], net.segmentation(torch.cat([x, x - levels.mean(0)], dim=1))[0],
+                                   atol=1e-5, rtol=1e-4)
+        assert (out[0] - mean_out[0]).abs().max() > 1e-4  # the two ensembles differ
+    with pytest.raises(ValueError, match=r"prediction_ensemble' is 'median'; expected one of"):
+        SADMSettings.from_dict({**plans["configurations"]["2d_sadm"]["sadm"], "prediction_ensemble": "median"})

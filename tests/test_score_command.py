@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+
+from sadm_nnunet.errors import InputError
 
 from conftest import HEALTHY_ID, LESION_ID, SADM_TRAINER, TRAINER as STAGE1_TRAINER, NNUNet
 
@@ -100,6 +103,13 @@ def test_unsupervised_baseline_needs_no_predictions(scored, nnunet, lesion_datas
         recon = load(out / f"{case}_reconstruction_0000.nii.gz")
         np.testing.assert_allclose(recon, load(stage1 / f"{case}_reconstruction_0000.nii.gz"), rtol=1e-4,
                                    atol=1e-4 * np.abs(recon).max())
+        # one definition of the unsupervised map: the stage-I command writes the same map as --beta 1
+        np.testing.assert_allclose(load(stage1 / f"{case}_unsupervised.nii.gz"), unsupervised, rtol=0, atol=1e-4)
+        assert unsupervised.max() > 0.05
+    recorded = json.loads((stage1 / "reconstruct_settings.json").read_text())
+    assert {k: v for k, v in recorded.items() if k not in ("model", "cases", "beta")} == \
+        {k: v for k, v in json.loads((baseline / "score_settings.json").read_text()).items()
+         if k in recorded and k not in ("model", "cases", "beta")}
     proc = nnunet.run(*score_args(nnunet, lesion_dataset, tmp_path / "o"), check=False)
     assert proc.returncode != 0 and "-pred PREDICTIONS is required" in proc.stderr and "beta is 0.5" in proc.stderr
 
@@ -169,19 +179,24 @@ def test_clear_errors(scored, predictions, nnunet, lesion_dataset, tmp_path):
 
 # ---- the plans' scoring block (no fixtures) ----
 def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block():
-    from sadm_nnunet.anomaly_maps import ScoreOptions
     from sadm_nnunet.segmentation.settings import ScoringSettings, merged_user_settings
 
     def scoring(user: dict) -> ScoringSettings:
         return ScoringSettings.from_dict(merged_user_settings(user)["scoring"])
 
     # a block without 'scoring' (plans written before it existed) gets the template's paper defaults
-    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, clip_dissimilarity=True, mask_erosion=0,
+    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, ssim_dimensions=2, clip_dissimilarity=True,
+                                          mask_erosion=0,
                                           min_component_size=0, component_threshold=None)
     assert scoring({"scoring": {"beta": 0.7}}).beta == 0.7
-    assert scoring({}).score_options(beta=1.0, slice_axis=2) == ScoreOptions(
-        beta=1.0, median_size=5, mask_erosion=0, min_component_size=0, component_threshold=None, slice_axis=2,
-        clip_dissimilarity=True)
+    assert scoring({}) == ScoringSettings.template()
+    assert scoring({}).with_beta(1.0) == ScoringSettings(beta=1.0, median_size=5, ssim_dimensions=2,
+                                                         clip_dissimilarity=True,
+                                                         mask_erosion=0, min_component_size=0,
+                                                         component_threshold=None)
+    assert scoring({}).with_beta(None) == scoring({})
+    with pytest.raises(ValueError, match=r"'sadm.scoring.beta' is 1.5; expected a number in \[0, 1\]"):
+        scoring({}).with_beta(1.5)
     assert scoring({"scoring": {"min_component_size": 5, "component_threshold": 1}}).component_threshold == 1.0
     with pytest.raises(KeyError, match=r"Unknown setting 'sadm.scoring.alpha'"):
         scoring({"scoring": {"alpha": 0.5}})
@@ -191,6 +206,9 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
         scoring({"scoring": {"beta": True}})
     with pytest.raises(TypeError, match="'sadm.scoring.median_size' must be an integer"):
         scoring({"scoring": {"median_size": 2.5}})
+    assert scoring({"scoring": {"ssim_dimensions": 3}}).ssim_dimensions == 3
+    with pytest.raises(ValueError, match=r"'sadm.scoring.ssim_dimensions' is 4; expected 2 \(per slice\) or 3"):
+        scoring({"scoring": {"ssim_dimensions": 4}})
     with pytest.raises(TypeError, match="'sadm.scoring.clip_dissimilarity' must be true or false"):
         scoring({"scoring": {"clip_dissimilarity": "yes"}})
     with pytest.raises(ValueError, match="component_threshold.*since min_component_size is 3"):
@@ -198,14 +216,18 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
 
 
 def test_clipped_dissimilarity_keeps_the_maps_in_the_unit_interval():
-    from sadm_nnunet.anomaly_maps import ScoreOptions, anomaly_maps
+    from sadm_nnunet.anomaly_maps import anomaly_maps
+    from sadm_nnunet.segmentation.settings import ScoringSettings
 
     rng = np.random.default_rng(0)
     image = rng.normal(0, 0.5, (6, 24, 24)).astype(np.float32)  # nonzero everywhere: all of it is "brain"
     inverted = -image  # inverted structure: SSIM < 0, 1 - SSIM > 1
     p = np.full(image.shape, 0.9, np.float32)
-    raw = anomaly_maps(image, inverted, p, 2.0, ScoreOptions(beta=0.5, median_size=1))
-    clipped = anomaly_maps(image, inverted, p, 2.0, ScoreOptions(beta=0.5, median_size=1, clip_dissimilarity=True))
+    unfiltered = replace(ScoringSettings.template(), beta=0.5, median_size=1)
+    raw = anomaly_maps(image, inverted, p, data_range=2.0, slice_axis=0,
+                       scoring=replace(unfiltered, clip_dissimilarity=False))
+    clipped = anomaly_maps(image, inverted, p, data_range=2.0, slice_axis=0,
+                           scoring=replace(unfiltered, clip_dissimilarity=True))
     assert raw["unsupervised"].max() > 1.2 and raw["score"].max() > 1.0
     assert 0 <= clipped["unsupervised"].min() and clipped["unsupervised"].max() <= 1.0
     np.testing.assert_allclose(clipped["unsupervised"], np.clip(raw["unsupervised"], 0, 1))
@@ -215,7 +237,7 @@ def test_clipped_dissimilarity_keeps_the_maps_in_the_unit_interval():
 def test_probability_files_that_do_not_fit_are_named(tmp_path):
     from types import SimpleNamespace
 
-    from sadm_nnunet.commands.score import load_foreground_probability
+    from sadm_nnunet.nnunet_cases import load_foreground_probability
 
     labels = SimpleNamespace(num_segmentation_heads=2, has_regions=False)
     good = tmp_path / "good.npz"
@@ -223,14 +245,42 @@ def test_probability_files_that_do_not_fit_are_named(tmp_path):
     np.testing.assert_allclose(load_foreground_probability(good, labels, (2, 3, 4)), 0.75)
     regions = SimpleNamespace(num_segmentation_heads=2, has_regions=True)  # sigmoid per region: the largest
     np.testing.assert_allclose(load_foreground_probability(good, regions, (2, 3, 4)), 0.75)
-    with pytest.raises(SystemExit, match=r"good.npz holds probabilities of shape \(2, 2, 3, 4\); expected "
+    with pytest.raises(InputError, match=r"good.npz holds probabilities of shape \(2, 2, 3, 4\); expected "
                                          r"\(2, 4, 3, 2\)"):
         load_foreground_probability(good, labels, (4, 3, 2))
     three = tmp_path / "three.npz"
     np.savez_compressed(three, probabilities=np.full((3, 2, 3, 4), 1 / 3))
-    with pytest.raises(SystemExit, match=r"shape \(3, 2, 3, 4\); expected \(2, 2, 3, 4\) \(2 class channel"):
+    with pytest.raises(InputError, match=r"shape \(3, 2, 3, 4\); expected \(2, 2, 3, 4\) \(2 class channel"):
         load_foreground_probability(three, labels, (2, 3, 4))
     other = tmp_path / "other.npz"
     np.savez(other, softmax=np.zeros(3))
-    with pytest.raises(SystemExit, match=r"other.npz holds \['softmax'\], not an array 'probabilities'"):
+    with pytest.raises(InputError, match=r"other.npz holds \['softmax'\], not an array 'probabilities'"):
         load_foreground_probability(other, labels, (2, 3, 4))
+
+
+def test_a_prediction_of_another_image_is_refused(tmp_path):
+    """Outside its image's nonzero bounding box nnUNetv2_predict writes exact background; a prediction with
+    foreground there was made for another image (e.g. swapped files of registered cases)."""
+    from types import SimpleNamespace
+
+    from sadm_nnunet.nnunet_cases import load_foreground_probability
+
+    labels = SimpleNamespace(num_segmentation_heads=2, has_regions=False)
+    image = np.zeros((1, 8, 10, 12), np.float32)
+    image[0, 2:6, 3:8, 4:9] = 1.0  # this case's brain
+    other = np.zeros_like(image)
+    other[0, 1:7, 3:8, 4:9] = 1.0  # another case's brain, one slice larger on both sides
+
+    def prediction(brain: np.ndarray, name: str):
+        p_fg = np.where(brain[0] != 0, 0.3, 0.0).astype(np.float32)  # background outside the crop box
+        np.savez_compressed(tmp_path / name, probabilities=np.stack([1 - p_fg, p_fg]))
+        return tmp_path / name
+
+    own = load_foreground_probability(prediction(image, "own.npz"), labels, (8, 10, 12), image)
+    np.testing.assert_allclose(own, np.where(image[0] != 0, 0.3, 0), atol=1e-7)
+    with pytest.raises(InputError, match=r"swapped.npz predicts foreground in 50 voxel\(s\) outside"):
+        load_foreground_probability(prediction(other, "swapped.npz"), labels, (8, 10, 12), image)
+    # the limit: another case whose brain lies inside this one's box is not detected
+    inner = np.zeros_like(image)
+    inner[0, 3:5, 3:8, 4:9] = 1.0
+    load_foreground_probability(prediction(inner, "inner.npz"), labels, (8, 10, 12), image)

@@ -155,7 +155,7 @@ def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "3d_fullres", "all", "-tr", "SADMDiffusionTrainer",
                       "-device", "cpu", check=False)
     assert proc.returncode != 0
-    assert "trains on 2D slices" in proc.stderr and "3d_fullres" in proc.stderr
+    assert "2D configurations only" in proc.stderr and "3d_fullres" in proc.stderr
 
 
 @pytest.mark.slow  # starts nnUNetv2_train

@@ -8,8 +8,18 @@ import pytest
 import torch
 from scipy import ndimage
 
+from sadm_nnunet.diffusion.settings import load_template
 from sadm_nnunet.training.synthetic_anomalies import (INTENSITY_OPERATIONS, SyntheticAnomalyTransform,
                                                       anomaly_mask, anomaly_source, insert_anomaly, perlin_noise)
+
+SYNTHETIC = load_template("sadm.json")["synthetic_anomalies"]  # the template defaults the trainers use
+K_MAX = SYNTHETIC["max_scale_exponent"]
+BLEND = {"blend_range": (SYNTHETIC["blend_min"], SYNTHETIC["blend_max"]), "max_scale_exponent": K_MAX}
+
+
+def transform(**kwargs) -> SyntheticAnomalyTransform:
+    """The transform with the template's settings (probability 0.5 unless given)."""
+    return SyntheticAnomalyTransform(**{"probability": 0.5, "label": SYNTHETIC["label"], **BLEND, **kwargs})
 
 
 def brain_sample(spatial: tuple[int, ...], seed: int, channels: int = 1, lesion: bool = False):
@@ -88,13 +98,13 @@ def test_anomaly_mask_stays_in_region_and_scales():
     _, seg = brain_sample((96, 80), 0)
     brain = seg[0].numpy() >= 0
     rng = np.random.default_rng(0)
-    masks = [anomaly_mask(brain.shape, rng, where=brain) for _ in range(30)]
+    masks = [anomaly_mask(brain.shape, rng, max_scale_exponent=K_MAX, where=brain) for _ in range(30)]
     assert all(m.dtype == bool and m.shape == brain.shape and not (m & ~brain).any() for m in masks)
     fractions = np.array([m.sum() / brain.sum() for m in masks])
     assert (fractions > 0).mean() > 0.7
     assert 0.01 < fractions.mean() < 0.2  # DRAEM's 2D masks cover about 5% of the image
     # 3D masks cover about the same fraction as 2D ones (the noise is rescaled for that)
-    fractions_3d = [anomaly_mask((48, 48, 48), rng).mean() for _ in range(20)]
+    fractions_3d = [anomaly_mask((48, 48, 48), rng, max_scale_exponent=K_MAX).mean() for _ in range(20)]
     assert 0.01 < np.mean(fractions_3d) < 0.2
     # k = 0 only: one lattice cell per axis, so few large blobs; high scales give many small ones
     blobs_low = np.mean([ndimage.label(anomaly_mask((128, 128), rng, max_scale_exponent=0))[1] for _ in range(20)])
@@ -149,7 +159,7 @@ def test_insert_anomaly_changes_the_image_inside_the_mask_only():
     image, seg = brain_sample((96, 80), 1, channels=2)
     image = image.numpy()
     brain = seg[0].numpy() >= 0
-    out, mask = insert_anomaly(image, brain, np.random.default_rng(0))
+    out, mask = insert_anomaly(image, brain, np.random.default_rng(0), **BLEND)
     assert out.dtype == np.float32 and out.shape == image.shape and mask.shape == brain.shape
     assert mask.sum() >= 16 and not (mask & ~brain).any()
     changed = (out != image).any(axis=0)
@@ -161,7 +171,7 @@ def test_insert_anomaly_changes_the_image_inside_the_mask_only():
         assert out[c][mask].min() >= min(image[c][mask].min(), lo[c]) - 1e-5
         assert out[c][mask].max() <= max(image[c][mask].max(), hi[c]) + 1e-5
     # beta = 1: the anomaly replaces the image, so the mask holds the source alone
-    full, mask_full = insert_anomaly(image, brain, np.random.default_rng(0), blend_range=(1.0, 1.0))
+    full, mask_full = insert_anomaly(image, brain, np.random.default_rng(0), blend_range=(1.0, 1.0), max_scale_exponent=K_MAX)
     assert np.array_equal(mask_full, mask)
     for c in range(2):
         assert lo[c] - 1e-5 <= full[c][mask].min() and full[c][mask].max() <= hi[c] + 1e-5
@@ -172,9 +182,9 @@ def test_insert_anomaly_gives_up_without_enough_brain():
     image, seg = brain_sample((32, 32), 2)
     image = image.numpy()
     nothing = np.zeros((32, 32), dtype=bool)
-    out, mask = insert_anomaly(image, nothing, np.random.default_rng(0))
+    out, mask = insert_anomaly(image, nothing, np.random.default_rng(0), **BLEND)
     assert not mask.any() and np.array_equal(out, image)
-    out, mask = insert_anomaly(image, seg[0].numpy() >= 0, np.random.default_rng(0), min_voxels=10**6)
+    out, mask = insert_anomaly(image, seg[0].numpy() >= 0, np.random.default_rng(0), min_voxels=10**6, **BLEND)
     assert not mask.any() and np.array_equal(out, image)
 
 
@@ -183,7 +193,7 @@ def test_insert_anomaly_gives_up_without_enough_brain():
 @pytest.mark.parametrize("spatial", [(96, 80), (32, 40, 24)])
 def test_transform_label_equals_mask_and_background_stays(spatial):
     image, seg = brain_sample(spatial, 3, channels=2)
-    t = SyntheticAnomalyTransform(probability=1.0, label=1, deterministic=True, seed=0)
+    t = transform(probability=1.0, label=1, deterministic=True, seed=0)
     params = t.get_parameters(image=image, segmentation=seg)
     out_image, out_seg = run(t, image, seg)
     assert isinstance(out_image, torch.Tensor) and isinstance(out_seg, torch.Tensor)
@@ -204,7 +214,7 @@ def test_brain_excludes_ignore_label_and_zero_image():
     seg = torch.zeros_like(seg)
     seg[0, :, :20] = -1  # ignore region with nonzero image
     image[0, 50:] = 0  # zero image with segmentation 0
-    t = SyntheticAnomalyTransform(probability=1.0, replace_labels=True, seed=1)
+    t = transform(probability=1.0, replace_labels=True, seed=1)
     for _ in range(15):
         out_image, out_seg = run(t, image, seg)
         labelled = out_seg[0] == 1
@@ -216,20 +226,20 @@ def test_brain_excludes_ignore_label_and_zero_image():
 def test_replace_labels_clears_dataset_labels():
     image, seg = brain_sample((96, 80), 5, lesion=True)
     assert (seg == 2).any()
-    t = SyntheticAnomalyTransform(probability=1.0, label=3, replace_labels=True, seed=0, deterministic=True)
+    t = transform(probability=1.0, label=3, replace_labels=True, seed=0, deterministic=True)
     mask = t.get_parameters(image=image, segmentation=seg)["mask"]
     out_image, out_seg = run(t, image, seg)
     assert set(np.unique(out_seg.numpy())) == {-1, 0, 3}
     assert np.array_equal(out_seg[0].numpy() == 3, mask)
     assert torch.equal(out_seg < 0, seg < 0)
     # probability 0: no anomaly, but the dataset labels are still cleared (healthy sample)
-    out_image, out_seg = run(SyntheticAnomalyTransform(probability=0.0, replace_labels=True), image, seg)
+    out_image, out_seg = run(transform(probability=0.0, replace_labels=True), image, seg)
     assert torch.equal(out_image, image)
     assert torch.equal(out_seg, torch.where(seg > 0, torch.zeros_like(seg), seg))
 
 
 def test_only_healthy_samples_are_eligible_without_replace_labels():
-    t = SyntheticAnomalyTransform(probability=1.0, replace_labels=False, seed=0)
+    t = transform(probability=1.0, replace_labels=False, seed=0)
     lesion_image, lesion_seg = brain_sample((96, 80), 6, lesion=True)
     for _ in range(5):
         out_image, out_seg = run(t, lesion_image, lesion_seg)
@@ -242,40 +252,40 @@ def test_only_healthy_samples_are_eligible_without_replace_labels():
 
 def test_probability_is_respected():
     image, seg = brain_sample((48, 40), 8)
-    t = SyntheticAnomalyTransform(probability=0.5, seed=123)
+    t = transform(probability=0.5, seed=123)
     hits = sum(bool((run(t, image, seg)[1] == 1).any()) for _ in range(200))
     assert 70 <= hits <= 130  # binomial(200, 0.5): mean 100, sd 7
-    t_low = SyntheticAnomalyTransform(probability=0.1, seed=123)
+    t_low = transform(probability=0.1, seed=123)
     assert sum(bool((run(t_low, image, seg)[1] == 1).any()) for _ in range(100)) <= 25
 
 
 def test_deterministic_mode_is_order_and_instance_independent():
     samples = [brain_sample((64, 56), s, channels=2) for s in (10, 11, 12)]
-    a = SyntheticAnomalyTransform(probability=1.0, deterministic=True, seed=7)
-    b = SyntheticAnomalyTransform(probability=1.0, deterministic=True, seed=7)
+    a = transform(probability=1.0, deterministic=True, seed=7)
+    b = transform(probability=1.0, deterministic=True, seed=7)
     forward = [run(a, *s) for s in samples]
     backward = [run(b, *s) for s in reversed(samples)][::-1]
     again = [run(a, *s) for s in samples]
     for (i1, s1), (i2, s2), (i3, s3) in zip(forward, backward, again):
         assert torch.equal(i1, i2) and torch.equal(s1, s2) and torch.equal(i1, i3) and torch.equal(s1, s3)
     assert not torch.equal(forward[0][1], forward[1][1])  # different patches, different anomalies
-    other_seed = SyntheticAnomalyTransform(probability=1.0, deterministic=True, seed=8)
+    other_seed = transform(probability=1.0, deterministic=True, seed=8)
     assert not torch.equal(run(other_seed, *samples[0])[1], forward[0][1])
 
 
 def test_seeded_and_unseeded_streams():
     image, seg = brain_sample((64, 56), 13)
-    first = [run(SyntheticAnomalyTransform(probability=1.0, seed=5), image, seg)[1] for _ in range(2)]
+    first = [run(transform(probability=1.0, seed=5), image, seg)[1] for _ in range(2)]
     assert torch.equal(first[0], first[1])  # same seed, same first anomaly
-    t = SyntheticAnomalyTransform(probability=1.0, seed=5)
+    t = transform(probability=1.0, seed=5)
     assert not torch.equal(run(t, image, seg)[1], run(t, image, seg)[1])  # the stream moves on
-    fresh = [run(SyntheticAnomalyTransform(probability=1.0, seed=None), image, seg)[1] for _ in range(2)]
+    fresh = [run(transform(probability=1.0, seed=None), image, seg)[1] for _ in range(2)]
     assert not torch.equal(fresh[0], fresh[1])
 
 
 def test_pickle_round_trip_and_repr():
     image, seg = brain_sample((64, 56), 14)
-    seeded = SyntheticAnomalyTransform(probability=1.0, label=2, replace_labels=True, seed=3,
+    seeded = transform(probability=1.0, label=2, replace_labels=True, seed=3,
                                        blend_range=(0.5, 0.9), max_scale_exponent=4)
     run(seeded, image, seg)  # advance the stream; a copy continues from the same state
     copy = pickle.loads(pickle.dumps(seeded))
@@ -284,7 +294,7 @@ def test_pickle_round_trip_and_repr():
     for part in ("SyntheticAnomalyTransform(", "probability=1.0", "label=2", "replace_labels=True", "seed=3",
                  "deterministic=False", "blend_range=(0.5, 0.9)", "max_scale_exponent=4"):
         assert part in text
-    unseeded = SyntheticAnomalyTransform(probability=1.0)
+    unseeded = transform(probability=1.0)
     run(unseeded, image, seg)
     copies = [pickle.loads(pickle.dumps(unseeded)) for _ in range(2)]
     assert not torch.equal(run(copies[0], image, seg)[1], run(copies[1], image, seg)[1])
@@ -292,13 +302,13 @@ def test_pickle_round_trip_and_repr():
 
 def test_invalid_settings():
     with pytest.raises(ValueError, match="probability"):
-        SyntheticAnomalyTransform(probability=1.5)
+        transform(probability=1.5)
     with pytest.raises(ValueError, match="label"):
-        SyntheticAnomalyTransform(label=0)
+        transform(label=0)
     with pytest.raises(ValueError, match="blend_range"):
-        SyntheticAnomalyTransform(blend_range=(0.8, 0.2))
+        transform(blend_range=(0.8, 0.2))
     with pytest.raises(ValueError, match="segmentation"):
-        SyntheticAnomalyTransform()(image=torch.zeros(1, 8, 8))
+        transform()(image=torch.zeros(1, 8, 8))
 
 
 # ---------------------------------------------------------------- worker processes
@@ -326,9 +336,9 @@ def test_transform_in_worker_processes(method):
         pytest.skip(f"no {method} on this platform")
     ctx = multiprocessing.get_context(method)
     image, seg = brain_sample((64, 56), 15)
-    unseeded = SyntheticAnomalyTransform(probability=1.0)
+    unseeded = transform(probability=1.0)
     run(unseeded, image, seg)  # the parent's generator exists before the workers start
-    deterministic = SyntheticAnomalyTransform(probability=1.0, deterministic=True, seed=2)
+    deterministic = transform(probability=1.0, deterministic=True, seed=2)
     expected_image, expected_seg = run(deterministic, image, seg)
     barrier = ctx.Barrier(2)
     with ctx.Pool(2, initializer=_start_worker, initargs=(barrier, [unseeded, deterministic])) as pool:
@@ -348,7 +358,7 @@ def test_transform_in_worker_processes(method):
 @pytest.mark.parametrize("spatial, calls", [((96, 80), 40), ((64, 64, 64), 5)])
 def test_speed_smoke(spatial, calls):
     image, seg = brain_sample(spatial, 16)
-    t = SyntheticAnomalyTransform(probability=1.0, replace_labels=True, seed=0)
+    t = transform(probability=1.0, replace_labels=True, seed=0)
     run(t, image, seg)
     start = time.perf_counter()
     for _ in range(calls):

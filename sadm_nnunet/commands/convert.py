@@ -1,7 +1,7 @@
 """`sadm_nnunet_convert`: converts a public brain-MRI release, as published, into an nnU-Net raw dataset.
 
     sadm_nnunet_convert KIND SOURCE_DIR DATASET_ID [--name NAME] [--modality M [M ...]] [--keep-labels]
-                        [--split FILE | --test-fraction F] [--seed N] [-np N]
+                        [--split FILE | --test-fraction F] [--seed N] [--overwrite] [-np N]
 
 KIND (files are found anywhere below SOURCE_DIR by their names; default modality first):
   ixi      IXI-T1/IXI002-Guys-0828-T1.nii.gz ...       T1 | T2, PD      label: brain mask ('brain', 1)
@@ -16,7 +16,9 @@ test cases in imagesTs/labelsTs, dataset.json, sadm_split.json (the split used) 
 in this order (case-insensitive). --keep-labels (brats21): necrosis 1, edema 2, enhancing 3 (BraTS's 4).
 --split FILE: JSON {"train": [...], "test": [...]} of case identifiers (a missing list = all other cases);
 without it a seeded random test set of --test-fraction of the cases (default 0.2; ixi 0: healthy data trains
-stage I). Cases that fail a check are reported and skipped. Re-running replaces the dataset folder as a whole.
+stage I). Cases that fail a check are reported and skipped. Re-running replaces the dataset folder as a whole;
+a DatasetXXX_NAME folder this command did not write (no conversion_report.json of its own) is refused unless
+--overwrite is given. Temporary folders that a killed run left in $nnUNet_raw are removed (and counted).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--split", type=Path, help='JSON {"train": [...], "test": [...]} of case identifiers')
     group.add_argument("--test-fraction", type=float, help="fraction of cases for the seeded default test set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the default split (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DatasetXXX_NAME folder that this command did not write")
     parser.add_argument("-np", "--num-processes", type=int, default=int(os.environ.get("nnUNet_def_n_proc", 4)),
                         help="cases converted in parallel (default: $nnUNet_def_n_proc or 4)")
     return parser
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConversionError(f"--test-fraction must be in [0, 1); found {args.test_fraction}")
         convert(release, args.source, args.dataset_id, name, release.resolve_modalities(args.modality),
                 release.label_scheme(args.keep_labels), args.split, args.test_fraction, args.seed,
-                args.num_processes)
+                args.num_processes, args.overwrite)
     except ConversionError as e:
         raise SystemExit(f"sadm_nnunet_convert: {e}") from None
 

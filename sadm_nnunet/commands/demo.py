@@ -75,11 +75,10 @@ def mni152_file() -> Path:
 
 def mni152_brain(source_mm: float):
     """(name, image, brain mask) of the skull-stripped template resampled to `source_mm` mm voxels."""
-    import nibabel as nib
-
     from sadm_nnunet.experiment.cohort import resample_brain
+    from sadm_nnunet.nifti_checks import load_checked
 
-    image = np.asarray(nib.load(mni152_file()).dataobj, dtype=np.float32)
+    image = np.asarray(load_checked(mni152_file())[1], dtype=np.float32)
     return resample_brain(("mni152_2009a", image, image > 0), 1.0 / source_mm)
 
 

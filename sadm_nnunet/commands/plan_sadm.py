@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from sadm_nnunet.commands.plan_diffusion import parse_override, plans_file
 from sadm_nnunet.diffusion.export import load_diffusion_model
+from sadm_nnunet.errors import InputError, one_line_errors
 from sadm_nnunet.io_utils import write_json_atomic
 from sadm_nnunet.nnunet_cases import dataset_name
+from sadm_nnunet.nnunet_plans import configuration_manager, deep_update, parse_override, plans_file
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
 from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
                                              stage1_plans_and_dataset_json)
 
 
+@one_line_errors("sadm_nnunet_plan")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="target dataset name or id (the one stage II trains on)")
@@ -40,27 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = args.name or f"{args.configuration}_sadm"
 
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     path = plans_file(args.target, args.plans)
     plans = json.loads(path.read_text())
     configurations = plans.get("configurations", {})
-    if args.configuration not in configurations:
-        raise SystemExit(f"{path} has no configuration '{args.configuration}'; available: {sorted(configurations)}")
+    configuration_manager(plans, args.configuration, str(path))
     if name == args.configuration:
-        raise SystemExit(f"--name must differ from the inherited configuration '{args.configuration}'")
-    patch = PlansManager(plans).get_configuration(args.configuration).patch_size
-    if len(patch) != 2:
-        raise SystemExit(
-            f"Configuration '{args.configuration}' of {path.parent.name} is 3D (patch {list(patch)}); SADM supports "
-            f"2D configurations only so far. Use -c 2d.")
+        raise InputError(f"--name must differ from the inherited configuration '{args.configuration}'")
 
     healthy = dataset_name(args.ddpm)
-    try:
-        stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
-        stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
-    except FileNotFoundError as e:
-        raise SystemExit(f"sadm_nnunet_plan: {e}") from e
+    stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
+    stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
     target_dataset_json = json.loads((path.parent / "dataset.json").read_text())
     errors = compatibility_errors(stage1_plans, stage1_dataset_json, plans, target_dataset_json,
                                   stage1.configuration, args.configuration)
@@ -78,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     previous = configurations.get(name, {}).get(PLANS_KEY, {})
     user = {k: v for k, v in previous.items() if k not in ("stage1", "diffusion", "denoiser")}
     for override in args.set:
-        user = _deep_update(user, parse_override(override))  # checked against the template by sadm_block
+        user = deep_update(user, parse_override(override))  # checked against the template by sadm_block
     try:
         block = sadm_block(user, stage1, diffusion, denoiser_config(unet))
         configurations[name] = {"inherits_from": args.configuration, PLANS_KEY: block}
         settings = SADMSettings.from_configuration(configurations[name], name)  # validates before writing
     except (KeyError, TypeError, ValueError) as e:
-        raise SystemExit(f"sadm_nnunet_plan: {e.args[0] if e.args else e}; {path} was not changed") from e
+        raise InputError(f"{e.args[0] if e.args else e}; {path} was not changed") from None
     write_json_atomic(plans, path)
     print(f"Wrote configuration '{name}' (inherits '{args.configuration}') into {path}.")
     print(f"Stage-I model: {model_folder(stage1)}")
@@ -95,9 +86,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Train with: nnUNetv2_train {path.parent.name} {name} FOLD -tr SADMTrainer" +
           ("" if args.plans == "nnUNetPlans" else f" -p {args.plans}"))
 
-
-def _deep_update(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

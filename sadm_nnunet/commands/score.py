@@ -7,9 +7,11 @@
 IMAGES holds the raw images in nnU-Net naming (CASE_0000.nii.gz, ...), PREDICTIONS what nnUNetv2_predict wrote for
 them with --save_probabilities (CASE.npz). The model (nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION) is
 loaded the way nnUNetv2_predict loads it; its checkpoint carries the frozen stage-I denoiser, so the stage-I
-results are not needed. Each case is preprocessed exactly as nnU-Net does, reconstructed slice by slice with the
-network's own deterministic reconstruction (the ensemble over the plans' noise levels, whole slices), and scored
-in the input's voxel grid, where nnU-Net's probabilities live:
+results are not needed. Each case goes the same way as in sadm_nnunet_reconstruct (sadm_nnunet/scoring.py):
+preprocessed exactly as nnU-Net does, reconstructed with the network's own deterministic reconstruction (the
+ensemble over the plans' noise levels) on whole slices -- nnUNetv2_predict reconstructs per sliding-window tile,
+so the two reconstructions differ slightly near tile edges -- and scored in the input's voxel grid, where
+nnU-Net's probabilities live:
 
   CASE_reconstruction_XXXX<ending>  the reconstruction of channel XXXX, in the input's intensity units
   CASE_unsupervised<ending>         1 - SSIM(input, reconstruction) (Gaussian window sigma 1, size 9, 2D per
@@ -22,7 +24,9 @@ p_fg is the foreground probability nnU-Net saved: 1 - p(background) (for region-
 probability). The brain is nnU-Net's nonzero region of the input (nonzero in any channel, holes filled). beta,
 the median filter size, the mask erosion and small-component removal come from the plans (configuration's
 `sadm.scoring`, template plans/sadm.json); --beta overrides beta for this run. With --beta 1 the score is the
-unsupervised baseline and -pred may be left out.
+unsupervised baseline and -pred may be left out. A CASE.npz that predicts foreground outside its image's nonzero
+bounding box belongs to another image and is refused; a prediction of another case with the same geometry and a
+brain inside this one's box cannot be detected (registered data): keep predictions beside their images.
 
 Then: sadm_nnunet_evaluate -ref LABELS -pred OUT --pred-suffix _score -o sadm.json   (fused score)
       sadm_nnunet_evaluate -ref LABELS -pred OUT --pred-suffix _unsupervised -o unsupervised.json   (baseline)
@@ -31,22 +35,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from sadm_nnunet.anomaly_maps import anomaly_maps, foreground_probability
+from sadm_nnunet.errors import InputError, one_line_errors
 from sadm_nnunet.io_utils import write_json_atomic
-from sadm_nnunet.nnunet_cases import (back_to_input, find_cases, nonzero_mask, preprocess_case, results_folder,
-                                      to_input_intensities, write_volumes)
+from sadm_nnunet.nnunet_cases import find_cases, load_foreground_probability, results_folder
+from sadm_nnunet.nnunet_plans import resolve_sadm_settings
+from sadm_nnunet.scoring import CaseScorer
 
-SSIM_DATA_RANGE = 2.0  # SSIM is taken in the denoiser's intensity space, where the scheduler's range is [-1, 1]
 SETTINGS_FILE = "score_settings.json"
+MAPS = ("unsupervised", "score")
 
 
 def _beta(text: str) -> float:
@@ -83,34 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"sadm_nnunet_score: error: {message}")
-
-
 def read_json(path: Path) -> dict:
     if not path.is_file():
-        raise _fail(f"{path} is missing; nnUNetv2_train writes it into the model folder")
+        raise InputError(f"{path} is missing; nnUNetv2_train writes it into the model folder")
     return json.loads(path.read_text())
-
-
-def sadm_settings(plans: dict, configuration: str, plans_file: Path):
-    """The configuration's SADM settings, or an error naming the plans file and what it found."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings
-
-    configurations = plans.get("configurations", {})
-    if configuration not in configurations:
-        raise _fail(f"{plans_file} has no configuration '{configuration}'; found {sorted(configurations)}")
-    resolved = PlansManager(plans).get_configuration(configuration).configuration
-    if PLANS_KEY not in resolved:
-        raise _fail(f"{plans_file}: configuration '{configuration}' has no '{PLANS_KEY}' block, so the model is not "
-                    f"an SADM model (expected one trained as nnUNetv2_train DATASET 2d_sadm FOLD -tr SADMTrainer "
-                    f"after sadm_nnunet_plan). For a plain nnU-Net model there is no reconstruction to score.")
-    try:
-        return SADMSettings.from_configuration(resolved, configuration)
-    except (KeyError, TypeError, ValueError) as e:
-        raise _fail(f"{plans_file}: {e.args[0] if e.args else e}") from None
 
 
 def choose_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[str]:
@@ -120,12 +99,12 @@ def choose_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list
         numbered = [f for f in found if f != "all"]
         folds = numbered or found
         if not folds:
-            raise _fail(f"no fold_*/{checkpoint} in {folder}; train a fold first or name one with -f")
+            raise InputError(f"no fold_*/{checkpoint} in {folder}; train a fold first or name one with -f")
     for fold in folds:
         path = folder / f"fold_{fold}" / checkpoint
         if not path.is_file():
-            raise _fail(f"checkpoint {path} does not exist (fold '{fold}'); trained folds here: "
-                        f"{sorted(p.name for p in folder.glob('fold_*'))}")
+            raise InputError(f"checkpoint {path} does not exist (fold '{fold}'); trained folds here: "
+                             f"{sorted(p.name for p in folder.glob('fold_*'))}")
     return list(folds)
 
 
@@ -140,9 +119,9 @@ def load_network(folder: Path, folds: list[str], checkpoint: str, device: torch.
     predictor.initialize_from_trained_model_folder(str(folder), folds, checkpoint)
     network = getattr(predictor.network, "_orig_mod", predictor.network)  # nnUNet_compile wraps it
     if not isinstance(network, SADMNetwork):
-        raise _fail(f"the model in {folder} (trainer '{predictor.trainer_name}' in {checkpoint}) builds a "
-                    f"{type(network).__name__}, not an SADMNetwork: it is not an SADM model. Train with "
-                    f"-tr SADMTrainer (or a variant) to get reconstructions.")
+        raise InputError(f"the model in {folder} (trainer '{predictor.trainer_name}' in {checkpoint}) builds a "
+                         f"{type(network).__name__}, not an SADMNetwork: it is not an SADM model. Train with "
+                         f"-tr SADMTrainer (or a variant) to get reconstructions.")
     first = {k: v for k, v in predictor.list_of_parameters[0].items() if k.startswith("denoiser.")}
     for fold, params in zip(folds[1:], predictor.list_of_parameters[1:]):
         if any(not torch.equal(v, params[k]) for k, v in first.items()):
@@ -151,41 +130,7 @@ def load_network(folder: Path, folds: list[str], checkpoint: str, device: torch.
     return predictor, network.to(device).eval()
 
 
-def load_foreground_probability(npz: Path, label_manager, spatial_shape: tuple[int, ...]) -> np.ndarray:
-    """p_fg from nnUNetv2_predict's CASE.npz: `probabilities` (K, *input array shape), already in the input's
-    geometry (export_prediction_from_logits resamples, un-crops and transposes back before saving)."""
-    try:
-        loaded = np.load(npz)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise _fail(f"cannot read {npz}: {e}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile) or "probabilities" not in loaded.files:
-        found = loaded.files if isinstance(loaded, np.lib.npyio.NpzFile) else f"a {type(loaded).__name__}"
-        raise _fail(f"{npz} holds {found}, not an array 'probabilities'; it was not written by nnUNetv2_predict "
-                    f"--save_probabilities")
-    with loaded:
-        probabilities = np.asarray(loaded["probabilities"], dtype=np.float32)
-    expected = (label_manager.num_segmentation_heads, *spatial_shape)
-    if probabilities.shape != expected:
-        raise _fail(f"{npz} holds probabilities of shape {probabilities.shape}; expected {expected} "
-                    f"({label_manager.num_segmentation_heads} class channel(s) of this model, and the input image's "
-                    f"array shape). Were the predictions made with this model and these images?")
-    if label_manager.has_regions:
-        return probabilities.max(axis=0)  # sigmoid per region: the most likely region counts
-    return foreground_probability(probabilities)
-
-
-def check_same_image(pkl: Path, properties: dict, case: str) -> None:
-    """nnUNetv2_predict saves the case's properties beside the npz: the image geometry must be the one read here."""
-    if not pkl.is_file():
-        return
-    with open(pkl, "rb") as f:
-        saved = pickle.load(f)
-    for key in ("spacing", "shape_before_cropping"):
-        if key in saved and key in properties and not np.allclose(saved[key], properties[key], atol=1e-4):
-            raise _fail(f"case '{case}': {pkl} records {key} {list(saved[key])}, but the image in the input folder "
-                        f"has {list(properties[key])}; the predictions belong to other images")
-
-
+@one_line_errors("sadm_nnunet_score")
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -194,70 +139,53 @@ def main(argv: list[str] | None = None) -> None:
                             f"nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer}")
     plans = read_json(folder / "plans.json")
     dataset_json = read_json(folder / "dataset.json")
-    settings = sadm_settings(plans, args.configuration, folder / "plans.json")
+    settings = resolve_sadm_settings(plans, args.configuration, str(folder / "plans.json"))
     plans_manager = PlansManager(plans)
-    configuration_manager = plans_manager.get_configuration(args.configuration)
-    beta = settings.scoring.beta if args.beta is None else args.beta
-    # the network's slices are the preprocessed array's first axis: transpose_forward[0] of the input's array
-    options = settings.scoring.score_options(beta=beta, slice_axis=int(plans_manager.transpose_forward[0]))
+    scoring = settings.scoring.with_beta(args.beta)
+    beta = scoring.beta
 
     ending = dataset_json["file_ending"]
     num_channels = len(dataset_json["channel_names"])
     cases = find_cases(args.input, ending, num_channels)
     if args.predictions is None:
         if beta != 1.0:
-            raise _fail(f"-pred PREDICTIONS is required: beta is {beta}, so the score weights the segmentation's "
-                        f"probabilities (run nnUNetv2_predict ... --save_probabilities first), or use --beta 1 for "
-                        f"the unsupervised map alone")
+            raise InputError(f"-pred PREDICTIONS is required: beta is {beta}, so the score weights the "
+                             f"segmentation's probabilities (run nnUNetv2_predict ... --save_probabilities first), or use --beta 1 for "
+                             f"the unsupervised map alone")
     else:
         if not args.predictions.is_dir():
-            raise _fail(f"predictions folder {args.predictions} does not exist")
+            raise InputError(f"predictions folder {args.predictions} does not exist")
         missing = [c for c in cases if not (args.predictions / f"{c}.npz").is_file()]
         if missing:
             shown = ", ".join(f"{c}.npz" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise _fail(f"{len(missing)} case(s) of {args.input} have no probabilities in {args.predictions}: "
-                        f"{shown} missing (case '{missing[0]}'). Run nnUNetv2_predict -i {args.input} -o "
-                        f"{args.predictions} -d {args.dataset} -c {args.configuration} -tr {args.trainer} "
-                        f"--save_probabilities")
+            raise InputError(f"{len(missing)} case(s) of {args.input} have no probabilities in {args.predictions}: "
+                             f"{shown} missing (case '{missing[0]}'). Run nnUNetv2_predict -i {args.input} -o "
+                             f"{args.predictions} -d {args.dataset} -c {args.configuration} -tr {args.trainer} "
+                             f"--save_probabilities")
 
     folds = choose_folds(folder, args.folds, args.checkpoint)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise _fail("--device cuda, but this PyTorch sees no CUDA device; use --device cpu")
+        raise InputError("--device cuda, but this PyTorch sees no CUDA device; use --device cpu")
     device = torch.device(args.device)
     predictor, network = load_network(folder, folds, args.checkpoint, device)
+    scorer = CaseScorer(network.reconstruct, settings.diffusion, scoring, plans_manager,
+                        plans_manager.get_configuration(args.configuration), dataset_json, device)
     args.output.mkdir(parents=True, exist_ok=True)
     reconstruction = settings.diffusion.reconstruction
     print(f"Scoring {len(cases)} case(s) with {folder.name}/fold_{folds[0]} ({args.checkpoint}): beta {beta}, "
-          f"median filter {options.median_size}, reconstruction {reconstruction.method} at noise levels "
+          f"median filter {scoring.median_size}, reconstruction {reconstruction.method} at noise levels "
           f"{list(reconstruction.noise_levels)}")
+
+    def p_fg(case: str, pre) -> np.ndarray:
+        return load_foreground_probability(args.predictions / f"{case}.npz", predictor.label_manager,
+                                           pre.raw.shape[1:], pre.raw)
+
     for case, files in tqdm(cases.items(), desc="score", unit="case"):
-        pre = preprocess_case(files, plans_manager, configuration_manager, dataset_json)
-        spatial = pre.raw.shape[1:]
-        p_fg = None
-        if args.predictions is not None:
-            check_same_image(args.predictions / f"{case}.pkl", pre.properties, case)
-            p_fg = load_foreground_probability(args.predictions / f"{case}.npz", predictor.label_manager, spatial)
-        with torch.no_grad():
-            recon = network.reconstruct(torch.from_numpy(pre.data)[None].to(device))[0].float().cpu().numpy()
-        # both back to the input's voxel grid with nnU-Net's export resampling (identity at the plans' spacing)
-        image_in = back_to_input(pre.data, pre, plans_manager, configuration_manager)
-        recon_in = back_to_input(recon, pre, plans_manager, configuration_manager)
-        maps = anomaly_maps(settings.diffusion.to_model_space(image_in), settings.diffusion.to_model_space(recon_in),
-                            p_fg, data_range=SSIM_DATA_RANGE, options=options, brain=nonzero_mask(pre.raw))
-        recon_units = to_input_intensities(recon_in, pre.raw, plans_manager, configuration_manager)
-        volumes = {f"reconstruction_{c:04d}": recon_units[c] for c in range(num_channels)}
-        volumes["unsupervised"] = maps["unsupervised"]
-        volumes["score"] = maps["score"]
-        write_volumes(args.output, case, volumes, ending, pre.properties)
+        scorer.write(case, files, args.output, MAPS, None if args.predictions is None else p_fg)
     write_json_atomic({
         "model": str(folder), "folds": folds, "checkpoint": args.checkpoint,
         "predictions": None if args.predictions is None else str(args.predictions),
-        "beta": beta, "median_size": options.median_size, "clip_dissimilarity": options.clip_dissimilarity,
-        "mask_erosion": options.mask_erosion,
-        "min_component_size": options.min_component_size, "component_threshold": options.component_threshold,
-        "slice_axis": options.slice_axis, "ssim_data_range": SSIM_DATA_RANGE,
-        "reconstruction": {"method": reconstruction.method, "noise_levels": list(reconstruction.noise_levels)},
-        "cases": sorted(cases),
+        **scorer.settings_record(), "cases": sorted(cases),
     }, args.output / SETTINGS_FILE)
     print(f"Wrote CASE_reconstruction_XXXX, CASE_unsupervised and CASE_score{ending} for {len(cases)} case(s) to "
           f"{args.output}")

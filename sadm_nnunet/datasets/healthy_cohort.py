@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from sadm_nnunet.io_utils import atomic_path, write_json_atomic
+from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nifti_checks import load_checked, save_nifti
 
 
 def load_brains(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -23,8 +23,8 @@ def load_brains(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         mask_file = folder / f"{name}_mask.nii.gz"
         if not mask_file.is_file():
             raise FileNotFoundError(f"{mask_file} is missing (expected beside {t1})")
-        brains.append((name, np.asarray(nib.load(t1).dataobj, dtype=np.float32),
-                       np.asarray(nib.load(mask_file).dataobj) > 0))
+        brains.append((name, np.asarray(load_checked(t1)[1], dtype=np.float32),
+                       np.asarray(load_checked(mask_file)[1]) > 0))
     if not brains:
         raise FileNotFoundError(f"No '*_t1.nii.gz' brain volumes in {folder}")
     return brains
@@ -74,8 +74,7 @@ def write_case(folder: Path, case: str, image: np.ndarray, label: np.ndarray, sp
     affine = np.diag([spacing, spacing, spacing, 1.0])
     for sub, name, arr in (("imagesTr", f"{case}_0000.nii.gz", image.astype(np.float32)),
                            ("labelsTr", f"{case}.nii.gz", label.astype(np.uint8))):
-        with atomic_path(folder / sub / name) as tmp:
-            nib.save(nib.Nifti1Image(arr, affine), tmp)
+        save_nifti(arr, affine, folder / sub / name)
 
 
 def write_dataset_json(folder: Path, num_training: int, labels: dict[str, int]) -> None:

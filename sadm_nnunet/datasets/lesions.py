@@ -73,12 +73,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from sadm_nnunet.datasets.healthy_cohort import load_brains, random_subject, write_case, write_dataset_json
-from sadm_nnunet.io_utils import atomic_path, write_json_atomic
+from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nifti_checks import save_nifti
 
 LESION_KINDS = ("tumour", "ms", "stroke")
 LESION_LABELS = {"background": 0, "lesion": 1}
@@ -342,8 +342,7 @@ def _write_test_case(folder: Path, case: str, image: np.ndarray, label: np.ndarr
     images, labels = SPLITS["test"]
     for sub, name, arr in ((images, f"{case}_0000.nii.gz", image.astype(np.float32)),
                            (labels, f"{case}.nii.gz", label.astype(np.uint8))):
-        with atomic_path(folder / sub / name) as tmp:
-            nib.save(nib.Nifti1Image(arr, affine), tmp)
+        save_nifti(arr, affine, folder / sub / name)
 
 
 def build_lesion_dataset(source: str | Path, out_folder: str | Path, num_cases: int, seed: int, kind: str,

@@ -1,4 +1,5 @@
-"""cDDPM conditioning: an image encoder whose embedding of a slice is added to the denoiser's time embedding.
+"""cDDPM conditioning: the image encoder whose embedding of a slice is added to the denoiser's time embedding
+(`model.ConditionedUNet` joins the two).
 
 In cDDPM (Behrendt et al.) the encoder sees the clean slice while the denoiser learns to restore its noised copy,
 and at inference the slice being reconstructed (which may hold an anomaly), so the reconstruction keeps
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from diffusers import ModelMixin, UNet2DModel
+from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from sadm_nnunet.diffusion.settings import ENCODER_NORM_GROUPS, time_embedding_dim
+from sadm_nnunet.diffusion.settings import ENCODER_NORM_GROUPS
 
 
 class ImageEncoder(ModelMixin, ConfigMixin):
@@ -34,40 +35,3 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(images)
-
-
-class ConditionedUNet(nn.Module):
-    """The cDDPM denoiser: `unet(noisy, t, class_labels=image_encoder(clean))`, one module for checkpoints."""
-
-    def __init__(self, unet: UNet2DModel, image_encoder: ImageEncoder) -> None:
-        super().__init__()
-        if unet.config.class_embed_type != "identity":
-            raise ValueError(f"A cDDPM UNet2DModel needs class_embed_type 'identity'; found "
-                             f"{unet.config.class_embed_type!r}")
-        expected = time_embedding_dim(dict(unet.config))
-        if image_encoder.config.embedding_dim != expected:
-            raise ValueError(f"The image encoder's embedding_dim is {image_encoder.config.embedding_dim}; the UNet's "
-                             f"time embedding has {expected} channels")
-        self.unet = unet
-        self.image_encoder = image_encoder
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
-        """The x0 prediction for `noisy`, conditioned on the embedding of `clean` (same slices, un-noised)."""
-        if clean is None:
-            raise ValueError("A cDDPM denoiser needs the clean (un-noised) slices to condition on; found None")
-        return self.unet(noisy, timesteps, class_labels=self.image_encoder(clean)).sample
-
-
-def build_model(unet_config: dict, image_encoder_config: dict | None) -> UNet2DModel | ConditionedUNet:
-    """A freshly initialised denoiser: a plain `UNet2DModel`, or with an image encoder config a `ConditionedUNet`."""
-    unet = UNet2DModel(**unet_config)
-    if image_encoder_config is None:
-        return unet
-    return ConditionedUNet(unet, ImageEncoder(**image_encoder_config))
-
-
-def parts(model: UNet2DModel | ConditionedUNet) -> tuple[UNet2DModel, ImageEncoder | None]:
-    """The UNet of a denoiser and its image encoder (None for an unconditioned one)."""
-    if isinstance(model, ConditionedUNet):
-        return model.unet, model.image_encoder
-    return model, None

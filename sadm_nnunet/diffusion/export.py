@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, ImageEncoder, parts
-from sadm_nnunet.diffusion.model import make_scheduler
+from sadm_nnunet.diffusion.encoder import ImageEncoder
+from sadm_nnunet.diffusion.model import ConditionedUNet, make_scheduler, parts
 from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config
 from sadm_nnunet.io_utils import atomic_folder, write_json_atomic
 

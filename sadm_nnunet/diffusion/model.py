@@ -1,14 +1,14 @@
-"""The stage-I network: a diffusers `UNet2DModel` that predicts the clean slice x0 (for cDDPM conditioned on an
-image encoder's embedding of the clean slice), with an EMA copy for inference, and the noise scheduler that goes
-with it."""
+"""The stage-I network: a diffusers `UNet2DModel` that predicts the clean slice x0 (for cDDPM a `ConditionedUNet`:
+the UNet conditioned on an image encoder's embedding of the clean slice), the `EMADenoiser` that stage I trains
+(the denoiser plus an EMA copy of its weights for inference), and the noise scheduler that goes with them."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, build_model
-from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config, unet_config
+from sadm_nnunet.diffusion.encoder import ImageEncoder
+from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config, time_embedding_dim, unet_config
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
@@ -24,7 +24,44 @@ def make_scheduler(settings: DiffusionSettings, kind: str = "ddpm") -> DDPMSched
     )
 
 
-class Denoiser(nn.Module):
+class ConditionedUNet(nn.Module):
+    """The cDDPM denoiser: `unet(noisy, t, class_labels=image_encoder(clean))`, one module for checkpoints."""
+
+    def __init__(self, unet: UNet2DModel, image_encoder: ImageEncoder) -> None:
+        super().__init__()
+        if unet.config.class_embed_type != "identity":
+            raise ValueError(f"A cDDPM UNet2DModel needs class_embed_type 'identity'; found "
+                             f"{unet.config.class_embed_type!r}")
+        expected = time_embedding_dim(dict(unet.config))
+        if image_encoder.config.embedding_dim != expected:
+            raise ValueError(f"The image encoder's embedding_dim is {image_encoder.config.embedding_dim}; the UNet's "
+                             f"time embedding has {expected} channels")
+        self.unet = unet
+        self.image_encoder = image_encoder
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+        """The x0 prediction for `noisy`, conditioned on the embedding of `clean` (same slices, un-noised)."""
+        if clean is None:
+            raise ValueError("A cDDPM denoiser needs the clean (un-noised) slices to condition on; found None")
+        return self.unet(noisy, timesteps, class_labels=self.image_encoder(clean)).sample
+
+
+def build_model(unet_config: dict, image_encoder_config: dict | None) -> UNet2DModel | ConditionedUNet:
+    """A freshly initialised denoiser: a plain `UNet2DModel`, or with an image encoder config a `ConditionedUNet`."""
+    unet = UNet2DModel(**unet_config)
+    if image_encoder_config is None:
+        return unet
+    return ConditionedUNet(unet, ImageEncoder(**image_encoder_config))
+
+
+def parts(model: UNet2DModel | ConditionedUNet) -> tuple[UNet2DModel, ImageEncoder | None]:
+    """The UNet of a denoiser and its image encoder (None for an unconditioned one)."""
+    if isinstance(model, ConditionedUNet):
+        return model.unet, model.image_encoder
+    return model, None
+
+
+class EMADenoiser(nn.Module):
     """A `UNet2DModel` trained to predict x0 (with an image encoder config: a `ConditionedUNet`, cDDPM), plus an
     exponential moving average of its weights (`ema`, encoder included).
 
@@ -42,7 +79,8 @@ class Denoiser(nn.Module):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     @classmethod
-    def from_settings(cls, settings: DiffusionSettings, patch_size: tuple[int, ...], num_channels: int) -> "Denoiser":
+    def from_settings(cls, settings: DiffusionSettings, patch_size: tuple[int, ...], num_channels: int
+                      ) -> "EMADenoiser":
         config = unet_config(settings, patch_size, num_channels)
         return cls(config, settings.training.ema_decay, encoder_config(settings, config))
 
@@ -54,7 +92,7 @@ class Denoiser(nn.Module):
             return self.unet(noisy, timesteps, clean)
         return self.unet(noisy, timesteps).sample
 
-    def train(self, mode: bool = True) -> "Denoiser":
+    def train(self, mode: bool = True) -> "EMADenoiser":
         super().train(mode)
         self.ema.eval()
         return self

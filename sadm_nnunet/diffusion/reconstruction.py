@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
-from sadm_nnunet.diffusion.model import SCHEDULERS, make_scheduler
+from sadm_nnunet.diffusion.model import SCHEDULERS, ConditionedUNet, make_scheduler, parts
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.settings import DiffusionSettings, ReconstructionSettings
 
@@ -46,8 +45,15 @@ class Reconstructor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The configured reconstruction (seeded: the same input always gives the same output)."""
-        return self._slice_wise(images, self._reconstruct)
+        """The configured reconstruction (seeded: the same input always gives the same output): the mean of
+        `per_level`."""
+        return self.per_level(images).float().mean(dim=0).to(images.dtype)
+
+    @torch.no_grad()
+    def per_level(self, images: torch.Tensor) -> torch.Tensor:
+        """(L, *images.shape): the reconstruction from each of the L noise levels, seeded, with the same noise as
+        `__call__`, whose result is their mean."""
+        return self._slice_wise(images, self._reconstruct_levels)
 
     @torch.no_grad()
     def at_random_levels(self, images: torch.Tensor) -> torch.Tensor:
@@ -59,7 +65,8 @@ class Reconstructor:
         if images.ndim == 5:
             b, c, d, h, w = images.shape
             slices = images.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-            return self._slice_wise(slices, reconstruct).reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
+            out = self._slice_wise(slices, reconstruct)  # (..., b * d, c, h, w)
+            return out.reshape(*out.shape[:-4], b, d, c, h, w).transpose(-4, -3)
         if images.ndim != 4:
             raise ValueError(f"Reconstruction expects (N, C, H, W) slices or (B, C, D, H, W) volumes; "
                              f"found shape {tuple(images.shape)}")
@@ -87,27 +94,27 @@ class Reconstructor:
         out = self._predict_in_chunks(noisy, levels.to(x0.device), self._embed(x0))
         return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
 
-    def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+    def _reconstruct_levels(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
         x0 = self._padded_model_space(images)
         generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
         embedding = self._embed(x0)
         if self.options.method == "single_step" and self.options.patch_grid == 1:
-            out = self._single_step_ensemble(x0, generator, embedding)
+            out = self._single_step_levels(x0, generator, embedding)
         else:
-            total = torch.zeros_like(x0)
-            for level in self.options.noise_levels:
+            out = torch.zeros((len(self.options.noise_levels), *x0.shape), dtype=x0.dtype, device=x0.device)
+            for i, level in enumerate(self.options.noise_levels):
                 noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
                 for sl in self._chunks(n):
-                    total[sl] += self._reconstruct_level(x0[sl], noise[sl], level, generator,
+                    out[i, sl] = self._reconstruct_level(x0[sl], noise[sl], level, generator,
                                                          None if embedding is None else embedding[sl])
-            out = total / len(self.options.noise_levels)
-        return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
+        return self.settings.from_model_space(out[..., :h, :w]).to(images.dtype)
 
-    def _single_step_ensemble(self, x0: torch.Tensor, generator: torch.Generator,
-                              embedding: torch.Tensor | None) -> torch.Tensor:
-        """The default method with every noise level of a slice in the same network batch (one call for a
-        sliding-window tile instead of one per level); the same noise, hence the same result, as level by level."""
+    def _single_step_levels(self, x0: torch.Tensor, generator: torch.Generator,
+                            embedding: torch.Tensor | None) -> torch.Tensor:
+        """(L, *x0.shape): the default method with every noise level of a slice in the same network batch (one call
+        for a sliding-window tile instead of one per level); the same noise, hence the same result, as level by
+        level."""
         n = x0.shape[0]
         levels = self.options.noise_levels
         noisy = torch.cat([noised_to(self.scheduler, x0, sample_noise(tuple(x0.shape), self.settings.noise,
@@ -115,8 +122,7 @@ class Reconstructor:
                            for level in levels])
         timesteps = torch.tensor(levels, device=x0.device, dtype=torch.long).repeat_interleave(n)
         embeddings = None if embedding is None else embedding.repeat(len(levels), 1)
-        out = self._predict_in_chunks(noisy, timesteps, embeddings)
-        return out.reshape(len(levels), *x0.shape).mean(dim=0)
+        return self._predict_in_chunks(noisy, timesteps, embeddings).reshape(len(levels), *x0.shape)
 
     def _chunks(self, n: int) -> list[slice]:
         """Row slices of at most `batch_size`: every network call is chunked, which bounds peak memory."""

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 PLANS_KEY = "sadm_diffusion"
 TEMPLATE_NAME = "sadm_diffusion.json"
@@ -20,6 +20,7 @@ RECONSTRUCTION_METHODS = ("single_step", "iterative")
 SAMPLERS = ("ddpm", "ddim")
 IMAGE_ENCODERS = ("conv",)  # cDDPM's image encoders (conditioning.encoder); null: unconditioned DDPM
 ENCODER_NORM_GROUPS = 8  # GroupNorm groups of the image encoder's layers
+MODEL_SPACE_RANGE = 2.0  # the denoiser works in the scheduler's range [-1, 1] (see `to_model_space`)
 
 
 def load_template(name: str = TEMPLATE_NAME) -> dict:
@@ -140,10 +141,7 @@ class DiffusionSettings:
         return conv(self)
 
     def validate(self, where: str = PLANS_KEY) -> None:
-        def check(ok: bool, key: str, found: Any, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
-
+        check = setting_checker(where)
         check(self.num_train_timesteps > 1, "num_train_timesteps", self.num_train_timesteps, "an integer > 1")
         check(self.intensity_scale > 0, "intensity_scale", self.intensity_scale, "a positive number")
         check(self.noise.kind in NOISE_KINDS, "noise.kind", self.noise.kind, f"one of {NOISE_KINDS}")
@@ -173,6 +171,12 @@ class DiffusionSettings:
         check(r.batch_size >= 1, "reconstruction.batch_size", r.batch_size, "an integer >= 1")
 
     # ---- the intensity contract: nnU-Net z-scores <-> the denoiser's range ----
+    @property
+    def ssim_data_range(self) -> float:
+        """The intensity range SSIM is taken over (its stabilising constants): the width of the scheduler's range
+        [-1, 1] in which `to_model_space` puts +-intensity_scale standard deviations."""
+        return MODEL_SPACE_RANGE
+
     def to_model_space(self, z_scored):
         """nnU-Net-normalised intensities (z-scores) -> the range the denoiser and scheduler work in."""
         return z_scored / self.intensity_scale
@@ -180,6 +184,17 @@ class DiffusionSettings:
     def from_model_space(self, x):
         """Inverse of `to_model_space`."""
         return x * self.intensity_scale
+
+
+def setting_checker(where: str) -> Callable[[bool, str, Any, str], None]:
+    """`check(ok, key, found, expected)`: raises a ValueError naming the setting `where.key`, the value found and
+    the value expected unless `ok`."""
+
+    def check(ok: bool, key: str, found: Any, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
+
+    return check
 
 
 def build_dataclass(cls, d: dict, where: str):

@@ -18,14 +18,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
 from sadm_nnunet.datasets.healthy_cohort import random_subject, write_case, write_dataset_json
 from sadm_nnunet.datasets.lesions import LESION_KINDS, LESION_LABELS, insert_lesion
-from sadm_nnunet.io_utils import atomic_path, write_json_atomic
+from sadm_nnunet.io_utils import remove_stale_temporaries, write_json_atomic
+from sadm_nnunet.nifti_checks import save_nifti
 
 Brain = tuple[str, np.ndarray, np.ndarray]  # (name, image, brain mask)
 VALIDATION = "validation"
@@ -106,8 +106,7 @@ def _write_evaluation_case(cohort: Cohort, evaluation_set: str, case: str, image
     affine = np.diag([cohort.spec.spacing] * 3 + [1.0])
     for target, array in ((cohort.images / f"{case}_0000.nii.gz", image.astype(np.float32)),
                           (cohort.labels(evaluation_set) / f"{case}.nii.gz", label.astype(np.uint8))):
-        with atomic_path(target) as tmp:
-            nib.save(nib.Nifti1Image(array, affine), tmp)
+        save_nifti(array, affine, target)
 
 
 def _subjects(spec: CohortSpec, brains: list[Brain], set_index: int, count: int, kind: str | None):
@@ -131,6 +130,10 @@ def build_cohort(spec: CohortSpec, training_brains: list[Brain], test_brains: li
     records: dict[str, dict] = {}
     healthy_folder = cohort.raw / spec.healthy_dataset
     labelled_folder = cohort.raw / spec.labelled_dataset
+    removed = sum(remove_stale_temporaries(f, recursive=True) for f in (healthy_folder, labelled_folder,
+                                                                          cohort.evaluation))
+    if removed:
+        print(f"Removed {removed} temporary file(s) that an interrupted run left in the cohort's folders.")
     plan = [("stage-I healthy", 1, spec.num_healthy, None, training_brains),
             ("labelled " + spec.seen_kind, 2, spec.num_labelled, spec.seen_kind, training_brains),
             (VALIDATION, 3, spec.num_validation, spec.seen_kind, test_brains)]

@@ -82,8 +82,8 @@ def write_segmentation_scores(predictions: Path, images: Path, out: Path) -> int
     plans.json/dataset.json that nnUNetv2_predict writes beside them); and out/score_settings.json (beta 0)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from sadm_nnunet.commands.score import SETTINGS_FILE, load_foreground_probability
-    from sadm_nnunet.nnunet_cases import nonzero_mask, write_volumes
+    from sadm_nnunet.commands.score import SETTINGS_FILE
+    from sadm_nnunet.nnunet_cases import load_foreground_probability, nonzero_mask, write_volumes
 
     plans = PlansManager(json.loads((predictions / "plans.json").read_text()))
     dataset_json = json.loads((predictions / "dataset.json").read_text())
@@ -97,9 +97,9 @@ def write_segmentation_scores(predictions: Path, images: Path, out: Path) -> int
         with open(predictions / f"{case}.pkl", "rb") as f:
             properties = pickle.load(f)
         shape = tuple(int(s) for s in properties["shape_before_cropping"])
-        p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape)
         raw, _ = reader.read_images([str(images / f"{case}_{c:04d}{ending}")
                                      for c in range(len(dataset_json["channel_names"]))])
+        p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape, raw)
         write_volumes(out, case, {"score": np.where(nonzero_mask(raw), p_fg, 0)}, ending, properties)
     write_json_atomic({"predictions": str(predictions), "beta": 0.0, "cases": cases}, out / SETTINGS_FILE)
     return len(cases)

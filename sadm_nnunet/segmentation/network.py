@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, build_model
+from sadm_nnunet.diffusion.model import ConditionedUNet, build_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.segmentation.settings import SADMSettings
@@ -26,8 +26,10 @@ class SADMNetwork(nn.Module):
     The denoiser (a `UNet2DModel`, or for a cDDPM stage-I model a `ConditionedUNet` with its image encoder) is
     frozen (no gradients, never in an optimizer) and stays in eval mode when nnU-Net calls
     `train()`. In training mode with `training_noise_level == 'uniform'` each sample is reconstructed from a random
-    noise level (augmentation); in eval mode the reconstruction is the seeded, deterministic ensemble, so sliding-
-    window tiles and mirrored copies see consistent reconstructions.
+    noise level (augmentation); in eval mode the reconstruction is seeded and deterministic, so sliding-window tiles
+    and mirrored copies see consistent reconstructions. In eval mode `prediction_ensemble` decides what is
+    segmented: 'mean_reconstruction' segments the image with the mean of the noise levels' reconstructions once;
+    'per_level' (the authors' test step) segments it with each level's reconstruction and averages the logits.
     """
 
     def __init__(self, denoiser: UNet2DModel | ConditionedUNet, settings: SADMSettings,
@@ -37,8 +39,9 @@ class SADMNetwork(nn.Module):
         self.segmentation = segmentation
         self.input_mode = settings.input_mode
         self.training_noise_level = settings.training_noise_level
+        self.prediction_ensemble = settings.prediction_ensemble
         self.reconstructor = Reconstructor(self.denoiser, settings.diffusion)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, reconstruction) in eval mode
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, per-level reconstructions), eval mode
 
     def train(self, mode: bool = True) -> "SADMNetwork":
         super().train(mode)
@@ -52,37 +55,55 @@ class SADMNetwork(nn.Module):
             if self.training_noise_level == "uniform":
                 return self.reconstructor.at_random_levels(images)
             return self.reconstructor(images)
+        return self.reconstructions_per_level(images).float().mean(dim=0).to(images.dtype)
+
+    @torch.no_grad()
+    def reconstructions_per_level(self, images: torch.Tensor) -> torch.Tensor:
+        """Eval mode: (L, *images.shape), each noise level's reconstruction (their mean is `reconstruct`'s); the
+        last one is kept, so a mirrored copy of the same tile costs no denoiser pass."""
         reused = self._reuse_last(images)
         if reused is not None:
             return reused
-        reconstruction = self.reconstructor(images)
-        self._last = (images.detach().clone(), reconstruction)
-        return reconstruction
+        levels = self.reconstructor.per_level(images)
+        self._last = (images.detach().clone(), levels)
+        return levels
 
     def _reuse_last(self, images: torch.Tensor) -> torch.Tensor | None:
-        """The last reconstruction, flipped, if `images` is the last input flipped along some spatial axes."""
+        """The last reconstructions, flipped, if `images` is the last input flipped along some spatial axes."""
         if self._last is None:
             return None
-        previous, reconstruction = self._last
+        previous, levels = self._last
         if previous.shape != images.shape or previous.device != images.device or previous.dtype != images.dtype:
             return None
         if torch.equal(previous, images):
-            return reconstruction
+            return levels
         spatial = list(range(2, images.ndim))
         for n in range(1, len(spatial) + 1):
             for axes in itertools.combinations(spatial, n):
                 if torch.equal(torch.flip(previous, axes), images):
-                    return torch.flip(reconstruction, axes)
+                    return torch.flip(levels, [a + 1 for a in axes])  # levels has a leading axis
         return None
 
-    def stack(self, images: torch.Tensor) -> torch.Tensor:
+    def stack(self, images: torch.Tensor, reconstruction: torch.Tensor | None = None) -> torch.Tensor:
         """The segmentation network's input: the image and its residual (or reconstruction), channels stacked."""
-        reconstruction = self.reconstruct(images).to(images.dtype)
+        if reconstruction is None:
+            reconstruction = self.reconstruct(images)
+        reconstruction = reconstruction.to(images.dtype)
         second = images - reconstruction if self.input_mode == "image+residual" else reconstruction
         return torch.cat([images, second], dim=1)
 
     def forward(self, images: torch.Tensor):
-        return self.segmentation(self.stack(images))
+        if self.training or self.prediction_ensemble == "mean_reconstruction":
+            return self.segmentation(self.stack(images))
+        outputs = [self.segmentation(self.stack(images, level)) for level in self.reconstructions_per_level(images)]
+        return average_outputs(outputs)
+
+
+def average_outputs(outputs: list):
+    """The element-wise mean of segmentation outputs: tensors, or lists of tensors (deep supervision)."""
+    if isinstance(outputs[0], (list, tuple)):
+        return type(outputs[0])(average_outputs(list(scales)) for scales in zip(*outputs))
+    return torch.stack(outputs).mean(dim=0)
 
 
 def build_sadm_network(settings: SADMSettings, configuration_manager, num_input_channels: int,

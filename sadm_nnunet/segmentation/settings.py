@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings)
+from sadm_nnunet.diffusion.settings import (DiffusionSettings, build_dataclass, load_template, merge_settings,
+                                            setting_checker)
 
 PLANS_KEY = "sadm"
 TEMPLATE_NAME = "sadm.json"
 INPUT_MODES = ("image+residual", "image+reconstruction")
 TRAINING_NOISE_LEVELS = ("uniform", "ensemble")
+PREDICTION_ENSEMBLES = ("mean_reconstruction", "per_level")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,11 @@ class SyntheticAnomalySettings:
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    """How `sadm_nnunet_score` computes the anomaly maps (block `scoring`; meanings in plans/sadm.json)."""
+    """How the anomaly maps are computed (`anomaly_maps`, used by sadm_nnunet_score and sadm_nnunet_reconstruct;
+    block `scoring`; meanings and defaults in plans/sadm.json, their one home)."""
     beta: float
     median_size: int
+    ssim_dimensions: int
     clip_dissimilarity: bool
     mask_erosion: int
     min_component_size: int
@@ -57,11 +61,9 @@ class ScoringSettings:
         return s
 
     def validate(self, where: str = f"{PLANS_KEY}.scoring") -> None:
-        def check(ok: bool, key: str, found, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
-
+        check = setting_checker(where)
         check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
+        check(self.ssim_dimensions in (2, 3), "ssim_dimensions", self.ssim_dimensions, "2 (per slice) or 3 (volume)")
         for key in ("median_size", "mask_erosion", "min_component_size"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         t = self.component_threshold
@@ -69,14 +71,18 @@ class ScoringSettings:
         check(self.min_component_size == 0 or t is not None, "component_threshold", t,
               f"a number (the score level), since min_component_size is {self.min_component_size}")
 
-    def score_options(self, beta: float | None = None, slice_axis: int = 0):
-        """The `anomaly_maps` options these settings describe (`beta` overrides the plans' value)."""
-        from sadm_nnunet.anomaly_maps import ScoreOptions
+    def with_beta(self, beta: float | None) -> "ScoringSettings":
+        """These settings with another beta (None: unchanged), validated."""
+        if beta is None:
+            return self
+        s = replace(self, beta=float(beta))
+        s.validate()
+        return s
 
-        return ScoreOptions(beta=self.beta if beta is None else float(beta), median_size=self.median_size,
-                            mask_erosion=self.mask_erosion, min_component_size=self.min_component_size,
-                            component_threshold=self.component_threshold, slice_axis=slice_axis,
-                            clip_dissimilarity=self.clip_dissimilarity)
+    @classmethod
+    def template(cls) -> "ScoringSettings":
+        """The template's scoring settings (plans/sadm.json), for maps made without a trained SADM model."""
+        return cls.from_dict(load_template(TEMPLATE_NAME)["scoring"])
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Stage1Model:
 class SADMSettings:
     input_mode: str
     training_noise_level: str
+    prediction_ensemble: str
     synthetic_anomalies: SyntheticAnomalySettings
     stage1: Stage1Model
     diffusion: DiffusionSettings  # the stage-I settings, with the stage-II reconstruction overrides applied
@@ -122,6 +129,7 @@ class SADMSettings:
         s = cls(
             input_mode=str(full["input_mode"]),
             training_noise_level=str(full["training_noise_level"]),
+            prediction_ensemble=str(full["prediction_ensemble"]),
             synthetic_anomalies=build_dataclass(SyntheticAnomalySettings, full["synthetic_anomalies"],
                                                 f"{where}.synthetic_anomalies"),
             stage1=build_dataclass(Stage1Model, block["stage1"], f"{where}.stage1"),
@@ -133,13 +141,12 @@ class SADMSettings:
         return s
 
     def validate(self, where: str = PLANS_KEY) -> None:
-        def check(ok: bool, key: str, found, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"Setting '{where}.{key}' is {found!r}; expected {expected}")
-
+        check = setting_checker(where)
         check(self.input_mode in INPUT_MODES, "input_mode", self.input_mode, f"one of {INPUT_MODES}")
         check(self.training_noise_level in TRAINING_NOISE_LEVELS, "training_noise_level",
               self.training_noise_level, f"one of {TRAINING_NOISE_LEVELS}")
+        check(self.prediction_ensemble in PREDICTION_ENSEMBLES, "prediction_ensemble", self.prediction_ensemble,
+              f"one of {PREDICTION_ENSEMBLES}")
         a = self.synthetic_anomalies
         check(0.0 <= a.probability <= 1.0, "synthetic_anomalies.probability", a.probability, "a number in [0, 1]")
         check(a.label >= 1, "synthetic_anomalies.label", a.label, "a foreground label (>= 1)")

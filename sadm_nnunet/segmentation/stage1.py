@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from sadm_nnunet.diffusion.encoder import ConditionedUNet, parts
+from sadm_nnunet.diffusion.model import ConditionedUNet, parts
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
 from sadm_nnunet.diffusion.settings import encoder_config
+from sadm_nnunet.errors import InputError
 from sadm_nnunet.segmentation.settings import SADMSettings, Stage1Model
 
 STAGE1_TRAINER_PREFIX = "SADMDiffusionTrainer"
@@ -20,7 +21,7 @@ def results_root() -> Path:
     from nnunetv2.paths import nnUNet_results
 
     if not nnUNet_results.is_set():
-        raise RuntimeError("nnUNet_results is not set; set the nnU-Net path variables first")
+        raise InputError("nnUNet_results is not set; set the nnU-Net path variables first")
     return Path(nnUNet_results.get())
 
 
@@ -41,7 +42,7 @@ def find_stage1_model(dataset: str, trainer: str | None, plans: str, configurati
     if trainer is not None:
         model = Stage1Model(dataset, trainer, plans, configuration, str(fold))
         if not model_folder(model).is_dir():
-            raise FileNotFoundError(
+            raise InputError(
                 f"No trained stage-I model at {model_folder(model)}. Train it with `nnUNetv2_train {dataset} "
                 f"{configuration} {fold} -tr {trainer} -p {plans}` (the folder is written when training ends).")
         return model
@@ -51,7 +52,7 @@ def find_stage1_model(dataset: str, trainer: str | None, plans: str, configurati
                         if (p / f"fold_{fold}" / EXPORT_FOLDER_NAME).is_dir()) if root.is_dir() else []
     if len(candidates) != 1:
         found = f"found {candidates}" if candidates else "found none"
-        raise FileNotFoundError(
+        raise InputError(
             f"Expected one trained stage-I model ({STAGE1_TRAINER_PREFIX}*{suffix}/fold_{fold}/{EXPORT_FOLDER_NAME}) "
             f"in {root}; {found}. Train one with `nnUNetv2_train {dataset} {configuration} {fold} -tr "
             f"SADMDiffusionTrainer`, or name it with --ddpm-trainer.")
@@ -122,7 +123,7 @@ def stage1_plans_and_dataset_json(model: Stage1Model) -> tuple[dict, dict]:
     for name in ("plans.json", "dataset.json"):
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; it is written when nnUNetv2_train starts")
+            raise InputError(f"{path} is missing; it is written when nnUNetv2_train starts")
         out.append(json.loads(path.read_text()))
     return out[0], out[1]
 

@@ -12,7 +12,6 @@ embeds the clean slice and its embedding is added to the UNet's time embedding (
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import List
 
 import numpy as np
@@ -28,11 +27,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from sadm_nnunet.anomaly_maps import masked_mean, ssim_map
 from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, save_diffusion_model
-from sadm_nnunet.diffusion.model import Denoiser, make_scheduler
+from sadm_nnunet.diffusion.model import EMADenoiser, make_scheduler
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
-from sadm_nnunet.diffusion.settings import PLANS_KEY, DiffusionSettings
+from sadm_nnunet.diffusion.settings import DiffusionSettings
 from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nnunet_plans import resolve_diffusion_settings
 from sadm_nnunet.training.augmentation import healthy_image_transforms
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
 from sadm_nnunet.training.trainer_base import SADMTrainerMixin
@@ -52,39 +52,6 @@ __all__ = [
     "SADMDiffusionTrainer_cDDPM_5epochs",
     "SADMDiffusionTrainer_cDDPM_2epochs_10its",
 ]
-
-KEEP = "keep"  # resolve_diffusion_settings: keep the plans' conditioning.encoder as it is
-
-
-def resolve_diffusion_settings(plans: dict, configuration: str, image_encoder: str | None = KEEP,
-                               trainer: str = "SADMDiffusionTrainer") -> DiffusionSettings:
-    """Validated stage-I settings of a configuration (template defaults + the plans' block); writes the complete
-    block back into `plans`, so the plans.json nnU-Net copies into the results folder records every setting.
-
-    `image_encoder` is the conditioning the trainer trains (None: unconditioned DDPM, 'conv': cDDPM); it replaces
-    the plans' `conditioning.encoder` when that is null, and a different non-null value there is an error."""
-    if configuration not in plans.get("configurations", {}):
-        raise KeyError(f"Configuration '{configuration}' is not in the plans of {plans.get('dataset_name')}; "
-                       f"available: {sorted(plans.get('configurations', {}))}")
-    resolved = PlansManager(plans).get_configuration(configuration)
-    if len(resolved.patch_size) != 2:
-        raise ValueError(
-            f"SADMDiffusionTrainer trains on 2D slices, but configuration '{configuration}' of "
-            f"{plans.get('dataset_name')} has the 3D patch size {list(resolved.patch_size)}. "
-            f"Run it with a 2D configuration: nnUNetv2_train DATASET 2d FOLD -tr SADMDiffusionTrainer")
-    settings = DiffusionSettings.from_configuration(resolved.configuration)
-    planned = settings.conditioning.encoder
-    if image_encoder != KEEP and planned != image_encoder:
-        if planned is not None:
-            raise ValueError(
-                f"The plans of {plans.get('dataset_name')} set {PLANS_KEY}.conditioning.encoder to {planned!r} "
-                f"(configuration '{configuration}'), but {trainer} trains "
-                f"{'an unconditioned DDPM' if image_encoder is None else f'with encoder {image_encoder!r}'}. Use "
-                f"-tr SADMDiffusionTrainer_cDDPM for the conditioned model, or set conditioning.encoder=null.")
-        settings = replace(settings, conditioning=replace(settings.conditioning, encoder=image_encoder))
-    plans["configurations"][configuration][PLANS_KEY] = settings.to_dict()
-    return settings
-
 
 class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
     """Trains the stage-I denoiser on a healthy nnU-Net dataset (labels must be all background)."""
@@ -106,12 +73,12 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> Denoiser:
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> EMADenoiser:
         settings = DiffusionSettings.from_configuration(configuration_manager.configuration)
-        return Denoiser.from_settings(settings, tuple(configuration_manager.patch_size), num_input_channels)
+        return EMADenoiser.from_settings(settings, tuple(configuration_manager.patch_size), num_input_channels)
 
     # ---- network plumbing ----
-    def denoiser(self) -> Denoiser:
+    def denoiser(self) -> EMADenoiser:
         return self.unwrapped_network()
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
@@ -197,7 +164,7 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
         a, b = self.settings.to_model_space(images.float()), self.settings.to_model_space(reconstruction.float())
         mask = (images != 0).any(1, keepdim=True)
         l1 = masked_mean((a - b).abs(), mask)
-        ssim = masked_mean(ssim_map(a, b, data_range=2.0), mask)
+        ssim = masked_mean(ssim_map(a, b, data_range=self.settings.ssim_data_range), mask)
         keep = mask.flatten(1).any(1)
         return l1[keep].cpu().numpy(), ssim[keep].cpu().numpy()
 

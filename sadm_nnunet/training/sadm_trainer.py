@@ -20,6 +20,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from sadm_nnunet.nnunet_plans import resolve_sadm_settings
 from sadm_nnunet.segmentation.network import SADMNetwork, build_sadm_network
 from sadm_nnunet.segmentation.settings import SADMSettings
 from sadm_nnunet.segmentation.stage1 import load_stage1_denoiser, model_folder
@@ -37,19 +38,6 @@ __all__ = [
     "SADMTrainer_DRAEM_5epochs",
     "SADMTrainer_DRAEM_2epochs_100its",
 ]
-
-
-def resolve_sadm_settings(plans: dict, configuration: str) -> SADMSettings:
-    configurations = plans.get("configurations", {})
-    if configuration not in configurations:
-        raise ValueError(f"Configuration '{configuration}' is not in the plans of {plans.get('dataset_name')}; "
-                         f"available: {sorted(configurations)}. Create it with sadm_nnunet_plan.")
-    resolved = PlansManager(plans).get_configuration(configuration)
-    settings = SADMSettings.from_configuration(resolved.configuration, configuration)
-    if len(resolved.patch_size) != 2:
-        raise ValueError(f"Configuration '{configuration}' is 3D (patch {list(resolved.patch_size)}); SADM "
-                         f"supports 2D configurations only so far.")
-    return settings
 
 
 class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):

@@ -100,7 +100,7 @@ def perlin_noise(shape: Sequence[int], cells: float | Sequence[float], rng: np.r
     return out
 
 
-def anomaly_mask(shape: Sequence[int], rng: np.random.Generator, max_scale_exponent: int = 6,
+def anomaly_mask(shape: Sequence[int], rng: np.random.Generator, *, max_scale_exponent: int,
                  threshold: float = 0.5, where: np.ndarray | None = None) -> np.ndarray:
     """DRAEM mask: rotated Perlin noise with 2**k cells per axis (k uniform in 0..max_scale_exponent, at most
     shape/2 cells so that a cell spans at least 2 voxels) above `threshold`. `where` restricts the mask (and the
@@ -202,9 +202,9 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def insert_anomaly(image: np.ndarray | torch.Tensor, brain: np.ndarray | torch.Tensor, rng: np.random.Generator,
-                   blend_range: tuple[float, float] = (0.2, 1.0), max_scale_exponent: int = 6,
-                   min_voxels: int = 16, max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def insert_anomaly(image: np.ndarray | torch.Tensor, brain: np.ndarray | torch.Tensor, rng: np.random.Generator, *,
+                   blend_range: tuple[float, float], max_scale_exponent: int, min_voxels: int = 16,
+                   max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Blends one synthetic anomaly into `image` (C, *spatial), float in nnU-Net's z-score units.
 
     The mask is drawn inside `brain` (bool, spatial) until it has at least `min_voxels` voxels (at most `max_tries`
@@ -225,7 +225,7 @@ def insert_anomaly(image: np.ndarray | torch.Tensor, brain: np.ndarray | torch.T
     if brain.sum() < max(min_voxels, 1):
         return image, empty
     for _ in range(max_tries):
-        mask = anomaly_mask(brain.shape, rng, max_scale_exponent, where=brain)
+        mask = anomaly_mask(brain.shape, rng, max_scale_exponent=max_scale_exponent, where=brain)
         if mask.sum() >= max(min_voxels, 1):
             break
     else:
@@ -245,6 +245,8 @@ class SyntheticAnomalyTransform(BasicTransform):
     """Inserts a DRAEM-style synthetic anomaly into a sample and writes its mask into the segmentation.
 
     probability: chance that an eligible sample gets an anomaly. label: value written where the anomaly is.
+    blend_range, max_scale_exponent: see `insert_anomaly` and `anomaly_mask`. These four have no defaults here:
+    they come from the plans (`sadm.synthetic_anomalies`, template plans/sadm.json).
     replace_labels: True = self-supervised (DRAEM) mode: dataset labels > 0 are cleared and every sample is
     eligible; False = only samples without foreground (no label > 0) are eligible.
     seed: None = fresh entropy in each process (drawn lazily, so data-loader workers differ); an int = one
@@ -254,10 +256,9 @@ class SyntheticAnomalyTransform(BasicTransform):
     channel 0 (the label map) is read and written.
     """
 
-    def __init__(self, probability: float = 0.5, label: int = 1, replace_labels: bool = False,
-                 seed: int | None = None, deterministic: bool = False,
-                 blend_range: tuple[float, float] = (0.2, 1.0), max_scale_exponent: int = 6,
-                 min_voxels: int = 16) -> None:
+    def __init__(self, *, probability: float, label: int, blend_range: tuple[float, float],
+                 max_scale_exponent: int, replace_labels: bool = False, seed: int | None = None,
+                 deterministic: bool = False, min_voxels: int = 16) -> None:
         super().__init__()
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], found {probability}")
@@ -308,8 +309,8 @@ class SyntheticAnomalyTransform(BasicTransform):
         if not eligible or rng.random() >= self.probability:
             return {"mask": None, "anomalous_image": None}
         brain = (labels >= 0) & (image_np != 0).any(axis=0)
-        anomalous, mask = insert_anomaly(image_np, brain, rng, self.blend_range, self.max_scale_exponent,
-                                         self.min_voxels)
+        anomalous, mask = insert_anomaly(image_np, brain, rng, blend_range=self.blend_range,
+                                         max_scale_exponent=self.max_scale_exponent, min_voxels=self.min_voxels)
         if not mask.any():
             return {"mask": None, "anomalous_image": None}
         return {"mask": mask, "anomalous_image": anomalous}

@@ -8,18 +8,16 @@ geometry, the label as uint8.
 """
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from sadm_nnunet.datasets.converters.common import LabelScheme, SourceCase
 from sadm_nnunet.datasets.converters.skull_strip import skull_strip_verdict
-from sadm_nnunet.io_utils import atomic_path
+from sadm_nnunet.nifti_checks import BadImageFile, atomic_image, check_image_file
 
 SPACING_TOLERANCE_MM = 1e-3
 ORIGIN_TOLERANCE_MM = 1e-2
@@ -47,29 +45,13 @@ class CaseResult:
     skull_strip_measures: dict = field(default_factory=dict)
 
 
-def check_complete(path: Path) -> None:
-    """The file holds all the voxel data its header announces (SimpleITK fills a truncated .gz with zeros)."""
-    try:
-        proxy = nib.load(path).dataobj
-        needed = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
-        size = 0
-        if path.name.endswith(".gz"):
-            with gzip.open(path) as f:
-                while chunk := f.read(1 << 24):
-                    size += len(chunk)
-        else:
-            size = path.stat().st_size
-    except Exception as e:  # any failure to read the file makes the case unusable
-        raise CaseSkipped(path, "unreadable", " ".join(str(e).split())[-300:], "a readable NIfTI image") from None
-    if size < needed:
-        raise CaseSkipped(path, "truncated", f"{size} bytes", f"{needed} bytes (header: shape {list(proxy.shape)}, "
-                          f"{proxy.dtype})")
-
-
 def read_image(path: Path) -> sitk.Image:
     if not path.is_file():
         raise CaseSkipped(path, "missing file", "no such file", "a NIfTI image")
-    check_complete(path)
+    try:
+        check_image_file(path)  # complete and finite, from the raw data (SimpleITK zero-fills both)
+    except BadImageFile as e:
+        raise CaseSkipped(path, e.problem, e.found, e.expected) from None
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -77,10 +59,6 @@ def read_image(path: Path) -> sitk.Image:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise CaseSkipped(path, "not a 3D scalar image", f"{image.GetDimension()}D, size {list(image.GetSize())}, "
                           f"{image.GetNumberOfComponentsPerPixel()} component(s)", "3D, 1 component")
-    values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all():
-        raise CaseSkipped(path, "non-finite voxels", f"{int((~np.isfinite(values)).sum())} NaN/inf voxels",
-                          "finite values")
     return image
 
 
@@ -115,7 +93,7 @@ def brain_mask(images: list[sitk.Image]) -> np.ndarray:
 
 def _write(image: sitk.Image, reference: sitk.Image, path: Path) -> None:
     image.CopyInformation(reference)
-    with atomic_path(path) as tmp:
+    with atomic_image(path) as tmp:
         sitk.WriteImage(image, str(tmp), True)
 
 

@@ -1,9 +1,11 @@
 """A whole conversion: the output folder, the cases (in parallel, with a progress bar), dataset.json, the split
 and the conversion report. The dataset folder is built beside its final place and appears only when complete;
-converting again into the same DatasetXXX_NAME replaces it as a whole.
+converting again into the same DatasetXXX_NAME replaces it as a whole, but only a folder this command wrote (its
+conversion report is the mark) unless `overwrite` is given.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +18,7 @@ from sadm_nnunet.datasets.converters.case import CaseResult, convert_case
 from sadm_nnunet.datasets.converters.common import ConversionError, LabelScheme, Release, SourceCase, nifti_files
 from sadm_nnunet.datasets.converters.skull_strip import CANNOT_TELL, NOT_STRIPPED, STRIPPED
 from sadm_nnunet.datasets.converters.splits import SPLIT_FILE, default_split, read_split
-from sadm_nnunet.io_utils import atomic_folder, write_json_atomic
+from sadm_nnunet.io_utils import atomic_folder, remove_stale_temporaries, write_json_atomic
 
 REPORT_FILE = "conversion_report.json"
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -38,6 +40,24 @@ def output_folder(dataset_id: int, name: str) -> Path:
             raise ConversionError(f"Dataset id {dataset_id} is taken in {variable}={root}: found {others}, expected "
                                   f"none or {folder.name}. nnU-Net finds datasets by id; choose another DATASET_ID")
     return folder
+
+
+def written_by_us(folder: Path) -> bool:
+    """True when `folder` holds the conversion report this command writes for it (the mark of a converted dataset)."""
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("dataset") == folder.name and "kind" in report
+
+
+def refuse_foreign_folder(out: Path, overwrite: bool) -> None:
+    """A DatasetXXX_NAME folder that this command did not write is not replaced unless `overwrite`."""
+    if out.exists() and not overwrite and not (out.is_dir() and written_by_us(out)):
+        shown = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else "a file"
+        raise ConversionError(f"{out} exists and was not written by sadm_nnunet_convert (found {shown}, no "
+                              f"{REPORT_FILE} of a conversion); expected no folder there. Give --overwrite to "
+                              f"replace it, or choose another DATASET_ID or --name")
 
 
 def find_cases(release: Release, source: Path) -> list[SourceCase]:
@@ -68,14 +88,16 @@ def run_cases(items: list[tuple[SourceCase, str]], modalities: tuple[str, ...], 
 
 def convert(release: Release, source: Path, dataset_id: int, name: str, modalities: tuple[str, ...],
             scheme: LabelScheme, split_file: Path | None = None, test_fraction: float | None = None, seed: int = 0,
-            num_processes: int = 1) -> dict:
-    """Converts the release below `source` into $nnUNet_raw/DatasetXXX_NAME; returns the conversion report."""
+            num_processes: int = 1, overwrite: bool = False) -> dict:
+    """Converts the release below `source` into $nnUNet_raw/DatasetXXX_NAME; returns the conversion report. An
+    existing folder of that name is replaced only when this command wrote it, or with `overwrite`."""
     source = Path(source).absolute()
     out = output_folder(dataset_id, name)
     if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
         raise ConversionError(f"SOURCE_DIR {source} lies inside the output folder {out}, which a conversion replaces "
                               f"as a whole (the release would be deleted); expected a source outside {out}. Move "
                               f"the release elsewhere or choose another DATASET_ID or --name")
+    refuse_foreign_folder(out, overwrite)
     cases = find_cases(release, source)
     ids = [c.identifier for c in cases]
     fraction = release.default_test_fraction if test_fraction is None else test_fraction
@@ -83,6 +105,9 @@ def convert(release: Release, source: Path, dataset_id: int, name: str, modaliti
     subsets = {**{i: "train" for i in split["train"]}, **{i: "test" for i in split["test"]}}
     items = [(c, subsets[c.identifier]) for c in cases if c.identifier in subsets]
     replacing = out.is_dir()
+    removed = remove_stale_temporaries(out.parent)
+    if removed:
+        print(f"Removed {removed} temporary file(s)/folder(s) left in {out.parent} by interrupted runs.")
     with atomic_folder(out) as tmp:
         results = run_cases(items, modalities, scheme, tmp, num_processes)
         report = make_report(release, source, out.name, modalities, scheme, results,

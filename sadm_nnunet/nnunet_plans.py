@@ -1,0 +1,114 @@
+"""Our settings inside a dataset's nnU-Net plans: the plans file, a configuration in it (it exists, it is of a
+kind we support, it carries our block), the resolved stage-I and stage-II settings, and `--set KEY=VALUE`
+overrides. Library code: bad input raises `InputError` naming the plans, the value found and the value expected.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from sadm_nnunet.diffusion.settings import PLANS_KEY as DIFFUSION_KEY
+from sadm_nnunet.diffusion.settings import DiffusionSettings
+from sadm_nnunet.errors import InputError
+from sadm_nnunet.segmentation.settings import PLANS_KEY as SADM_KEY
+from sadm_nnunet.segmentation.settings import SADMSettings
+
+KEEP = "keep"  # resolve_diffusion_settings: keep the plans' conditioning.encoder as it is
+
+
+def plans_file(dataset: str, plans_identifier: str) -> Path:
+    """nnUNet_preprocessed/DATASET/PLANS.json of a dataset name or id, or an error saying how to create it."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    from sadm_nnunet.nnunet_cases import dataset_name
+
+    if not nnUNet_preprocessed.is_set():
+        raise InputError("nnUNet_preprocessed is not set; set the nnU-Net path variables first")
+    name = dataset_name(dataset)
+    path = Path(nnUNet_preprocessed.get()) / name / f"{plans_identifier}.json"
+    if not path.is_file():
+        dataset_id = int(name.split("_")[0][len("Dataset"):])
+        raise InputError(f"{path} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset_id} first (or name "
+                         f"the plans with -p)")
+    return path
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=VALUE' -> {'a': {'b': VALUE}}; VALUE is parsed as JSON when possible, else taken as a string."""
+    if "=" not in text:
+        raise InputError(f"--set expects KEY=VALUE (e.g. unet.base_channels=32); found '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    """`base` with `update` merged in, nested dicts key by key (unlike `merge_settings`, new keys are allowed: the
+    result is checked against the template later)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def configuration_manager(plans: dict, configuration: str, source: str | None = None, what: str = "SADM"):
+    """nnU-Net's ConfigurationManager of `configuration` (inheritance resolved), checked to exist and to be 2D.
+    `source` names the plans in errors (default: the plans of the dataset); `what` names who needs 2D."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    source = source or f"the plans of {plans.get('dataset_name')}"
+    configurations = plans.get("configurations", {})
+    if configuration not in configurations:
+        raise InputError(f"{source} have no configuration '{configuration}'; available: {sorted(configurations)}")
+    resolved = PlansManager(plans).get_configuration(configuration)
+    if len(resolved.patch_size) != 2:
+        raise InputError(f"Configuration '{configuration}' of {source} is 3D (patch {list(resolved.patch_size)}); "
+                         f"{what} supports 2D configurations only so far. Use a 2D configuration (e.g. 2d).")
+    return resolved
+
+
+def resolve_sadm_settings(plans: dict, configuration: str, source: str | None = None) -> SADMSettings:
+    """The validated stage-II settings of an SADM configuration (its `sadm` block, which sadm_nnunet_plan writes)."""
+    source = source or f"the plans of {plans.get('dataset_name')}"
+    resolved = configuration_manager(plans, configuration, source).configuration
+    if SADM_KEY not in resolved:
+        raise InputError(
+            f"Configuration '{configuration}' of {source} has no '{SADM_KEY}' block, so it is not an SADM "
+            f"configuration (a plain nnU-Net model has no reconstruction). Create one with `sadm_nnunet_plan TARGET "
+            f"--ddpm HEALTHY` and train it as `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.")
+    try:
+        return SADMSettings.from_configuration(resolved, configuration)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{source}: {e.args[0] if e.args else e}") from None
+
+
+def resolve_diffusion_settings(plans: dict, configuration: str, image_encoder: str | None = KEEP,
+                               trainer: str = "SADMDiffusionTrainer") -> DiffusionSettings:
+    """Validated stage-I settings of a configuration (template defaults + the plans' block); writes the complete
+    block back into `plans`, so the plans.json nnU-Net copies into the results folder records every setting.
+
+    `image_encoder` is the conditioning the trainer trains (None: unconditioned DDPM, 'conv': cDDPM); it replaces
+    the plans' `conditioning.encoder` when that is null, and a different non-null value there is an error."""
+    resolved = configuration_manager(plans, configuration, what=trainer)
+    try:
+        settings = DiffusionSettings.from_configuration(resolved.configuration)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"the plans of {plans.get('dataset_name')}: {e.args[0] if e.args else e}") from None
+    planned = settings.conditioning.encoder
+    if image_encoder != KEEP and planned != image_encoder:
+        if planned is not None:
+            raise InputError(
+                f"The plans of {plans.get('dataset_name')} set {DIFFUSION_KEY}.conditioning.encoder to {planned!r} "
+                f"(configuration '{configuration}'), but {trainer} trains "
+                f"{'an unconditioned DDPM' if image_encoder is None else f'with encoder {image_encoder!r}'}. Use "
+                f"-tr SADMDiffusionTrainer_cDDPM for the conditioned model, or set conditioning.encoder=null.")
+        settings = replace(settings, conditioning=replace(settings.conditioning, encoder=image_encoder))
+    plans["configurations"][configuration][DIFFUSION_KEY] = settings.to_dict()
+    return settings
