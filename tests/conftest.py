@@ -59,10 +59,11 @@ class NNUNet:
         return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
 
 
-# Fixtures that train or predict with nnU-Net (or run the demo): every test that uses one, directly or through
-# another fixture, is marked `slow`; tests that start a training, a prediction or the demo themselves carry the
-# marker in their module.
-SLOW_FIXTURES = frozenset({"trained_stage1", "sadm_planned", "trained_sadm", "predictions", "cddpm_run", "demo"})
+# Fixtures that plan, train or predict with nnU-Net (or run the demo): every test that uses one, directly or
+# through another fixture, is marked `slow`; tests that start a training, a prediction or the demo themselves carry
+# the marker in their module.
+SLOW_FIXTURES = frozenset({"healthy_dataset", "lesion_dataset", "trained_stage1", "sadm_planned", "trained_sadm",
+                           "predictions", "cddpm_run", "demo"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

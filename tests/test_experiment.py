@@ -1,7 +1,9 @@
-"""The comparison experiment's parts: the generated cohort, the resumable steps, the probability maps and the table."""
+"""The comparison experiment's parts: the generated cohort, the resumable steps, the segmentation scores and the
+table."""
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 
 import nibabel as nib
@@ -122,3 +124,39 @@ def test_results_table_rows_and_columns():
     assert lines[0].startswith("| method | tumour (seen): ⌈Dice⌉ | AUPRC | Dice@thr | stroke (unseen): ⌈Dice⌉")
     assert lines[0].endswith("| healthy: FPR |")
     assert "| nnU-Net, image only | 0.500 | 0.250 | n/a | 0.500 | 0.250 | n/a | 0.125 |" in lines
+
+
+def test_segmentation_scores_are_the_beta_0_score_in_the_brain(tmp_path):
+    """write_segmentation_scores: nnUNetv2_predict's CASE.npz -> CASE_score (p_fg inside the image's nonzero
+    region, 0 outside, in the image's geometry) and score_settings.json with beta 0, as sadm_nnunet_score --beta 0."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from sadm_nnunet.experiment.pipeline import write_segmentation_scores
+
+    images, predictions, out = tmp_path / "images", tmp_path / "pred", tmp_path / "scores"
+    images.mkdir()
+    predictions.mkdir()
+    image = np.zeros((6, 7, 8), np.float32)
+    image[1:5, 1:6, 1:7] = 1 + np.random.default_rng(0).random((4, 5, 6))
+    image[1:3, 1:3, :] = 0  # a notch at the edge of the brain: inside nnU-Net's crop box, outside the brain
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), images / "c0_0000.nii.gz")
+    raw, properties = SimpleITKIO().read_images([str(images / "c0_0000.nii.gz")])
+    p = np.zeros(image.shape, np.float32)  # p_fg as nibabel orders it; nnU-Net's arrays are (z, y, x)
+    p[1:5, 1:6, 1:7] = np.random.default_rng(1).random((4, 5, 6))
+    np.savez(predictions / "c0.npz", probabilities=np.stack([1 - p, p]).transpose(0, 3, 2, 1))
+    properties["shape_before_cropping"] = raw.shape[1:]
+    (predictions / "c0.pkl").write_bytes(pickle.dumps(properties))
+    (predictions / "plans.json").write_text(json.dumps({
+        "dataset_name": "Dataset1_X", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
+        "label_manager": "LabelManager", "configurations": {}, "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2]}))
+    (predictions / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "file_ending": ".nii.gz",
+                                                           "labels": {"background": 0, "lesion": 1}}))
+    assert write_segmentation_scores(predictions, images, out) == 1
+    assert json.loads((out / "score_settings.json").read_text())["beta"] == 0.0
+    written = nib.load(out / "c0_score.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_allclose(np.asarray(written.dataobj), np.where(image != 0, p, 0), atol=1e-6)
+    assert p[1:3, 1:3, 1:7].any()  # the notch had probability, and the score is 0 there
+    assert not list(out.glob("*_probability*"))

@@ -12,6 +12,10 @@ median filtered: sadm_nnunet_score's CASE_unsupervised), nnU-Net on the image al
 SADM (the fused score of sadm_nnunet_score: beta * unsupervised + (1 - beta) * SADM's foreground probability),
 SADM's segmentation alone (its foreground probability), and optionally SADM trained self-supervised on synthetic
 anomalies only (SADMTrainer_DRAEM, fused score). Every step is resumable (`steps.Steps`).
+
+Score files follow sadm_nnunet_score's names: a folder under scores/ holds CASE_score for one beta, recorded in its
+score_settings.json. A segmentation's foreground probability is the beta-0 score, so plain nnU-Net's maps are
+scores/nnunet/CASE_score and SADM's segmentation alone scores/sadm_segmentation/CASE_score.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from sadm_nnunet.experiment.cohort import HEALTHY, VALIDATION, Cohort, CohortSpec, build_cohort, load_cohort
 from sadm_nnunet.experiment.steps import Steps, clean_env
@@ -56,9 +62,9 @@ class ExperimentSpec:
 
     def methods(self) -> list[Method]:
         rows = [Method("unsupervised", "Unsupervised reconstruction (1 - SSIM)", "sadm", "_unsupervised"),
-                Method("nnunet", "nnU-Net, image only", "nnunet", "_probability"),
+                Method("nnunet", "nnU-Net, image only", "nnunet", "_score"),
                 Method("sadm", "SADM, image + residual (fused score)", "sadm", "_score"),
-                Method("sadm_segmentation", "SADM, segmentation output only", "sadm", "_probability")]
+                Method("sadm_segmentation", "SADM, segmentation output only", "sadm_segmentation", "_score")]
         if self.draem_trainer:
             rows.append(Method("sadm_draem", "SADM self-supervised (DRAEM anomalies, fused)", "sadm_draem",
                                "_score"))
@@ -70,25 +76,33 @@ def _train_resume(fold_folder: Path) -> Callable[[], list]:
     return lambda: ["--c"] if (fold_folder / "checkpoint_latest.pth").is_file() else []
 
 
-def write_probability_maps(predictions: Path, out: Path, suffix: str = "_probability") -> int:
-    """CASE{suffix}.nii.gz = foreground probability (1 - p(background)) from nnUNetv2_predict's CASE.npz, in the
-    input's geometry (CASE.pkl's properties; plans.json/dataset.json that nnUNetv2_predict writes beside them)."""
+def write_segmentation_scores(predictions: Path, images: Path, out: Path) -> int:
+    """The beta-0 score of each case, as `sadm_nnunet_score --beta 0` defines it: out/CASE_score.nii.gz = the
+    foreground probability (1 - p(background)) from nnUNetv2_predict's CASE.npz inside the brain (the nonzero
+    region of the input images CASE_XXXX in `images`), 0 outside, in the input's geometry (CASE.pkl's properties;
+    plans.json/dataset.json that nnUNetv2_predict writes beside them); and out/score_settings.json (beta 0)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from sadm_nnunet.nnunet_cases import load_foreground_probability, write_volumes
+    from sadm_nnunet.commands.score import SETTINGS_FILE
+    from sadm_nnunet.nnunet_cases import load_foreground_probability, nonzero_mask, write_volumes
 
     plans = PlansManager(json.loads((predictions / "plans.json").read_text()))
     dataset_json = json.loads((predictions / "dataset.json").read_text())
     label_manager = plans.get_label_manager(dataset_json)
+    ending = dataset_json["file_ending"]
     cases = sorted(p.name[:-len(".npz")] for p in predictions.glob("*.npz"))
     if not cases:
         raise FileNotFoundError(f"no CASE.npz in {predictions}; was nnUNetv2_predict run with --save_probabilities?")
+    reader = plans.image_reader_writer_class()
     for case in cases:
         with open(predictions / f"{case}.pkl", "rb") as f:
             properties = pickle.load(f)
         shape = tuple(int(s) for s in properties["shape_before_cropping"])
-        p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape)
-        write_volumes(out, case, {suffix.lstrip("_"): p_fg}, dataset_json["file_ending"], properties)
+        raw, _ = reader.read_images([str(images / f"{case}_{c:04d}{ending}")
+                                     for c in range(len(dataset_json["channel_names"]))])
+        p_fg = load_foreground_probability(predictions / f"{case}.npz", label_manager, shape, raw)
+        write_volumes(out, case, {"score": np.where(nonzero_mask(raw), p_fg, 0)}, ending, properties)
+    write_json_atomic({"predictions": str(predictions), "beta": 0.0, "cases": cases}, out / SETTINGS_FILE)
     return len(cases)
 
 
@@ -205,8 +219,11 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
                       ["sadm_nnunet_score", "-i", cohort.images, "-pred", predictions / key, "-o", scores / key,
                        "-d", c.labelled_id, "-c", configuration, "-tr", trainer, "-f", spec.fold, "--device",
                        spec.device])
-    steps.python("probabilities", "Foreground probability maps from the saved nnU-Net probabilities",
-                 lambda: {key: write_probability_maps(predictions / key, scores / key) for key, _, _ in models})
+    segmentation_scores = {key: scores / (key if configuration == PLAIN_CONFIGURATION else f"{key}_segmentation")
+                           for key, configuration, _ in models}
+    steps.python("segmentation_scores", "Segmentation scores (beta 0: the foreground probability in the brain)",
+                 lambda: {key: write_segmentation_scores(predictions / key, cohort.images, folder)
+                          for key, folder in segmentation_scores.items()})
 
     def evaluate_all() -> dict:
         reports = {m.key: evaluate_method(cohort, m, scores) for m in spec.methods()}
