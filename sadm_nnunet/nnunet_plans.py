@@ -81,8 +81,9 @@ def resolve_sadm_settings(plans: dict, configuration: str, source: str | None = 
     if SADM_KEY not in resolved:
         raise InputError(
             f"Configuration '{configuration}' of {source} has no '{SADM_KEY}' block, so it is not an SADM "
-            f"configuration (a plain nnU-Net model has no reconstruction). Create one with `sadm_nnunet_plan TARGET "
-            f"--ddpm HEALTHY` and train it as `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.")
+            f"configuration, and a model trained with it is not an SADM model (a plain nnU-Net model has no "
+            f"reconstruction). Create one with `sadm_nnunet_plan TARGET --ddpm HEALTHY` and train it as "
+            f"`nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.")
     try:
         return SADMSettings.from_configuration(resolved, configuration)
     except (KeyError, TypeError, ValueError) as e:

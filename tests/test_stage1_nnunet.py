@@ -98,7 +98,7 @@ def test_reconstruct_command_writes_maps_in_the_input_geometry(trained_stage1, n
     proc = nnunet.run("sadm_nnunet_reconstruct", "-i", images, "-o", out, "-d", HEALTHY_ID, "-tr", TRAINER)
     assert "3 network passes per slice" in proc.stdout
     reference = nib.load(images / "healthy_000_0000.nii.gz")
-    for kind in ("reconstruction_0000", "residual", "ssim"):
+    for kind in ("reconstruction_0000", "residual", "unsupervised"):
         written = nib.load(out / f"healthy_000_{kind}.nii.gz")
         assert written.shape == reference.shape
         np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
@@ -110,8 +110,12 @@ def test_reconstruct_command_writes_maps_in_the_input_geometry(trained_stage1, n
     # a short, unseeded training: 0.49-0.7 over runs; a misplaced or unrelated reconstruction gives ~0
     assert np.corrcoef(recon[brain], original[brain])[0, 1] > 0.35
     assert np.all(recon[~brain] == 0)
-    dissimilarity = np.asarray(nib.load(out / "healthy_000_ssim.nii.gz").dataobj)
-    assert np.isfinite(dissimilarity).all() and dissimilarity.max() <= 2.0
+    unsupervised = np.asarray(nib.load(out / "healthy_000_unsupervised.nii.gz").dataobj)
+    # the unsupervised map as sadm_nnunet_score defines it: 1 - SSIM clipped to [0, 1], 0 outside the brain
+    assert np.isfinite(unsupervised).all() and unsupervised.min() >= 0 and unsupervised.max() <= 1.0
+    assert np.all(unsupervised[~brain] == 0) and unsupervised[brain].max() > 0
+    recorded = json.loads((out / "reconstruct_settings.json").read_text())
+    assert recorded["cases"] == ["healthy_000", "healthy_001"] and recorded["median_size"] == 5
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
