@@ -18,9 +18,8 @@
 Each step prints the command it runs (the full output goes to OUTPUT/log.txt). Run the command again after an
 interruption: finished steps are skipped and an interrupted training resumes from its checkpoint (nnU-Net's --c).
 The default run takes about 20-25 minutes on 2 idle CPU cores (estimated; 4 mm voxels; stage I 4 epochs, each
-segmentation model 1
-epoch of 250 iterations); --quick about 5 minutes (6 mm voxels, tiny denoiser, one epoch per model: a first look,
-and what CI runs). The numbers of a run this short
+segmentation model 1 epoch of 250 iterations); --quick about 5 minutes (6 mm voxels, tiny denoiser, one epoch per
+model: a first look, and what CI runs). The numbers of a run this short
 show the pipeline working, not the method's accuracy: see benchmarks/RESULTS.md for that.
 """
 from __future__ import annotations
