@@ -55,6 +55,11 @@ def dataset_name(dataset: str) -> str:
         raise InputError(f"Dataset '{dataset}' not found: {e}") from None
 
 
+def dataset_id(name: str) -> int:
+    """nnU-Net's integer id of DatasetXXX_NAME (nnUNetv2_preprocess and friends take ids only)."""
+    return int(name[len("Dataset"):].split("_", 1)[0])
+
+
 def results_folder(dataset: str, trainer: str, plans: str, configuration: str, what: str = "trained model",
                    train_hint: str | None = None) -> Path:
     """nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION, or an error naming the folder and how to train it."""

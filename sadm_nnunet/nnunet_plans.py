@@ -21,16 +21,15 @@ def plans_file(dataset: str, plans_identifier: str) -> Path:
     """nnUNet_preprocessed/DATASET/PLANS.json of a dataset name or id, or an error saying how to create it."""
     from nnunetv2.paths import nnUNet_preprocessed
 
-    from sadm_nnunet.nnunet_cases import dataset_name
+    from sadm_nnunet.nnunet_cases import dataset_id, dataset_name
 
     if not nnUNet_preprocessed.is_set():
         raise InputError("nnUNet_preprocessed is not set; set the nnU-Net path variables first")
     name = dataset_name(dataset)
     path = Path(nnUNet_preprocessed.get()) / name / f"{plans_identifier}.json"
     if not path.is_file():
-        dataset_id = int(name.split("_")[0][len("Dataset"):])
-        raise InputError(f"{path} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset_id} first (or name "
-                         f"the plans with -p)")
+        raise InputError(f"{path} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset_id(name)} first "
+                         f"(or name the plans with -p)")
     return path
 
 

@@ -18,7 +18,7 @@ import argparse
 from sadm_nnunet.diffusion.export import load_diffusion_model
 from sadm_nnunet.errors import InputError, one_line_errors
 from sadm_nnunet.io_utils import read_json, write_json_atomic
-from sadm_nnunet.nnunet_cases import dataset_name
+from sadm_nnunet.nnunet_cases import dataset_id, dataset_name
 from sadm_nnunet.nnunet_plans import configuration_manager, deep_update, parse_override, plans_file
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
 from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
@@ -78,11 +78,6 @@ def main(argv: list[str] | None = None) -> None:
           f"synthetic anomalies p={settings.synthetic_anomalies.probability}.")
     print(f"Train with: nnUNetv2_train {path.parent.name} {name} FOLD -tr SADMTrainer" +
           ("" if args.plans == "nnUNetPlans" else f" -p {args.plans}"))
-
-
-def dataset_id(name: str) -> int:
-    """nnU-Net's integer id of DatasetXXX_NAME (nnUNetv2_preprocess -d takes ids only)."""
-    return int(name[len("Dataset"):].split("_", 1)[0])
 
 
 def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args: argparse.Namespace) -> str:
