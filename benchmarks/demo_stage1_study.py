@@ -111,15 +111,21 @@ def main(argv=None) -> None:
         return torch.cat([torch.nn.functional.pad(s, (0, w - s.shape[3], 0, h - s.shape[2])) for s in stacks])
 
     def ssim_of(trainer, model, slices, levels) -> dict:
-        """Mean per-slice SSIM inside the brain between the slices and their reconstruction, as the trainer
-        computes it (denoiser space z / intensity_scale, data range 2) and shifted by +1 (so that intensities are
-        non-negative, as in the paper's [0, 1] images; SSIM's luminance term assumes that)."""
+        """Mean per-slice SSIM inside the brain between the slices and their reconstruction on z / intensity_scale
+        with the background at 0 (data range 2; the trainer's own yardstick with `background` 'brain_mean', the
+        same for every run), shifted by +1 (so that intensities are non-negative, as in the paper's [0, 1] images;
+        SSIM's luminance term assumes that) and, as "ssim_trainer", in the run's own model space (differs with
+        `background` 'floor', where windows at the brain's edge see the background at -1)."""
         recon = Reconstructor(model, trainer.settings, replace(trainer.settings.reconstruction,
                                                                noise_levels=tuple(levels)))(slices)
-        a, b = trainer.settings.to_model_space(slices), trainer.settings.to_model_space(recon)
+        scale = trainer.settings.intensity_scale
+        a, b = slices / scale, recon / scale
         mask = (slices != 0).any(1, keepdim=True)
-        return {name: float(masked_mean(ssim_map(a + shift, b + shift, data_range=2.0), mask).mean())
-                for name, shift in (("ssim", 0.0), ("ssim_shifted", 1.0))}
+        result = {name: float(masked_mean(ssim_map(a + shift, b + shift, data_range=2.0), mask).mean())
+                  for name, shift in (("ssim", 0.0), ("ssim_shifted", 1.0))}
+        a, b = trainer.settings.to_model_space(slices), trainer.settings.to_model_space(recon)
+        result["ssim_trainer"] = float(masked_mean(ssim_map(a, b, data_range=2.0), mask).mean())
+        return result
 
     def calibration(trainer) -> dict:
         from scipy import ndimage

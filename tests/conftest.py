@@ -20,6 +20,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 HEALTHY_T1 = REPO.parent / "shared" / "data" / "healthy_t1"
 BIN = Path(sys.executable).parent
+TEST_TRAINERS = REPO / "tests" / "nnunet_trainers"  # test-only trainers, for nnUNet_extTrainer
 HEALTHY_ID = 501
 TINY_UNET = ["unet.base_channels=8", "unet.max_channels=16", "unet.norm_num_groups=4", "unet.layers_per_block=1",
              "training.learning_rate=0.001"]
@@ -38,7 +39,8 @@ class NNUNet:
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
                "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
                "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "nnUNet_extTrainer": str(TEST_TRAINERS)}  # our package appends its own folder at start-up
         env.update(extra)
         return env
 
@@ -119,7 +121,7 @@ def trained_stage1(nnunet: NNUNet, healthy_dataset: str) -> dict:
 # ---- stage II: a labelled tumour dataset, an SADM configuration and a trained SADM model ----
 LESION_ID = 503
 SADM_TRAINER = "SADMTrainer_2epochs_100its"
-PLAIN_TRAINER = "nnUNetTrainer_1epoch"
+PLAIN_TRAINER = "TestsPlainTrainer_2epochs_10its"  # tests/nnunet_trainers
 
 
 @pytest.fixture(scope="session")

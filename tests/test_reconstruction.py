@@ -66,6 +66,29 @@ def test_single_step_matches_a_hand_computed_ensemble(model):
     assert Reconstructor(unet, settings_g, options).per_level(volume).shape == (3, *volume.shape)
 
 
+def test_floor_background_is_minus_one_for_the_denoiser_and_zero_in_the_reconstruction(model):
+    unet, settings = model
+    floor = replace(settings, background="floor", noise=replace(settings.noise, kind="gaussian"))
+    options = replace(floor.reconstruction, noise_levels=(500,), seed=3)
+    x = slices(n=2, h=30, w=28)
+    x[:, :, :5] = 0  # background rows (nnU-Net's zeros outside the brain mask)
+    out = Reconstructor(unet, floor, options)(x)
+    # by hand: background -> -1, brain -> z / scale, padded with -1 to the UNet's divisor (4: 30x28 -> 32x28)
+    x0 = torch.where(x == 0, torch.tensor(-1.0), x / floor.intensity_scale)
+    x0 = torch.nn.functional.pad(x0, (0, 0, 0, 2), value=-1.0)
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample")
+    t = torch.tensor([500, 500])
+    xt = sched.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(3)), t)
+    expected = unet(xt, t).sample[..., :30, :28] * floor.intensity_scale
+    expected[x == 0] = 0.0
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    assert (out[:, :, :5] == 0).all() and (out[:, :, 5:] != 0).all()
+    # the template's 'brain_mean' leaves the background at the brain's mean (0) and pads with it
+    brain_mean = Reconstructor(unet, replace(floor, background="brain_mean"), options)(x)
+    assert (brain_mean[:, :, :5] != 0).any() and not torch.allclose(brain_mean[:, :, 5:], out[:, :, 5:])
+
+
 def test_volumes_are_reconstructed_slice_by_slice(model):
     unet, settings = model
     rec = Reconstructor(unet, settings)

@@ -25,6 +25,8 @@ def test_unknown_or_mistyped_settings_are_errors():
         DiffusionSettings.from_dict({"noise": {"kind": "perlin"}})
     with pytest.raises(ValueError, match=r"noise_levels.*\[0, 1000\)"):
         DiffusionSettings.from_dict({"reconstruction": {"noise_levels": [1000]}})
+    with pytest.raises(ValueError, match=r"sadm_diffusion.background' is 'black'; expected one of \('brain_mean', 'floor'\)"):
+        DiffusionSettings.from_dict({"background": "black"})
 
 
 def test_unet_rule_for_default_and_tiny_patches():

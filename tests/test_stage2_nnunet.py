@@ -230,7 +230,7 @@ def test_draem_batches_carry_synthetic_anomalies(nnunet, sadm_planned, lesion_da
 
 
 def test_self_supervised_draem_trainer_trains_on_synthetic_anomalies(nnunet, sadm_planned, lesion_dataset):
-    trainer = "SADMTrainer_DRAEM_2epochs_100its"
+    trainer = "SADMTrainer_DRAEM_2epochs_10its"
     proc = nnunet.run("nnUNetv2_train", LESION_ID, "2d_sadm", "1", "-tr", trainer, "-device", "cpu")
     fold = nnunet.fold_folder(lesion_dataset, trainer, "2d_sadm", "1")
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")

@@ -83,7 +83,8 @@ class Reconstructor:
 
     def _padded_model_space(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        return F.pad(self.settings.to_model_space(images.float()), (0, (-w) % self.divisor, 0, (-h) % self.divisor))
+        return F.pad(self.settings.to_model_space(images.float()), (0, (-w) % self.divisor, 0, (-h) % self.divisor),
+                     value=self.settings.model_space_padding)
 
     def _reconstruct_random_levels(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -92,7 +93,7 @@ class Reconstructor:
         noise = sample_noise(tuple(x0.shape), self.settings.noise, None, x0.device)
         noisy = self.scheduler.add_noise(x0, noise, levels)
         out = self._predict_in_chunks(noisy, levels.to(x0.device), self._embed(x0))
-        return self.settings.from_model_space(out[:, :, :h, :w]).to(images.dtype)
+        return self.settings.from_model_space(out[:, :, :h, :w], images).to(images.dtype)
 
     def _reconstruct_levels(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -108,7 +109,7 @@ class Reconstructor:
                 for sl in self._chunks(n):
                     out[i, sl] = self._reconstruct_level(x0[sl], noise[sl], level, generator,
                                                          None if embedding is None else embedding[sl])
-        return self.settings.from_model_space(out[..., :h, :w]).to(images.dtype)
+        return self.settings.from_model_space(out[..., :h, :w], images).to(images.dtype)
 
     def _single_step_levels(self, x0: torch.Tensor, generator: torch.Generator,
                             embedding: torch.Tensor | None) -> torch.Tensor:

@@ -18,6 +18,7 @@ TEMPLATE_NAME = "sadm_diffusion.json"
 NOISE_KINDS = ("simplex", "gaussian")
 RECONSTRUCTION_METHODS = ("single_step", "iterative")
 SAMPLERS = ("ddpm", "ddim")
+BACKGROUNDS = ("brain_mean", "floor")  # where `to_model_space` puts the voxels outside the brain (see `background`)
 IMAGE_ENCODERS = ("conv",)  # cDDPM's image encoders (conditioning.encoder); null: unconditioned DDPM
 ENCODER_NORM_GROUPS = 8  # GroupNorm groups of the image encoder's layers
 MODEL_SPACE_RANGE = 2.0  # the denoiser works in the scheduler's range [-1, 1] (see `to_model_space`)
@@ -102,6 +103,7 @@ class DiffusionSettings:
     num_train_timesteps: int
     beta_schedule: str
     intensity_scale: float
+    background: str
     noise: NoiseSettings
     unet: UNetSettings
     conditioning: ConditioningSettings
@@ -116,6 +118,7 @@ class DiffusionSettings:
             num_train_timesteps=int(full["num_train_timesteps"]),
             beta_schedule=str(full["beta_schedule"]),
             intensity_scale=float(full["intensity_scale"]),
+            background=str(full["background"]),
             noise=build_dataclass(NoiseSettings, full["noise"], f"{where}.noise"),
             unet=build_dataclass(UNetSettings, full["unet"], f"{where}.unet"),
             conditioning=build_dataclass(ConditioningSettings, full["conditioning"], f"{where}.conditioning"),
@@ -144,6 +147,7 @@ class DiffusionSettings:
         check = setting_checker(where)
         check(self.num_train_timesteps > 1, "num_train_timesteps", self.num_train_timesteps, "an integer > 1")
         check(self.intensity_scale > 0, "intensity_scale", self.intensity_scale, "a positive number")
+        check(self.background in BACKGROUNDS, "background", self.background, f"one of {BACKGROUNDS}")
         check(self.noise.kind in NOISE_KINDS, "noise.kind", self.noise.kind, f"one of {NOISE_KINDS}")
         check(self.noise.octaves >= 1, "noise.octaves", self.noise.octaves, "an integer >= 1")
         check(self.noise.frequency > 0, "noise.frequency", self.noise.frequency, "a positive number")
@@ -178,12 +182,28 @@ class DiffusionSettings:
         return MODEL_SPACE_RANGE
 
     def to_model_space(self, z_scored):
-        """nnU-Net-normalised intensities (z-scores) -> the range the denoiser and scheduler work in."""
-        return z_scored / self.intensity_scale
+        """nnU-Net-normalised intensities (z-scores) -> the range the denoiser and scheduler work in: z /
+        intensity_scale inside the brain. nnU-Net sets the voxels outside the brain mask to 0, the brain's mean
+        z-score; `background` 'brain_mean' leaves them there, 'floor' puts them at -1, the scheduler's lower bound
+        (the paper's images have a black background), so that the brain's outline survives heavy noise."""
+        x = z_scored / self.intensity_scale
+        if self.background == "floor":
+            x = x.masked_fill(z_scored == 0, -1.0)
+        return x
 
-    def from_model_space(self, x):
-        """Inverse of `to_model_space`."""
-        return x * self.intensity_scale
+    def from_model_space(self, x, z_scored_reference):
+        """Inverse of `to_model_space` for a model-space image `x` (e.g. a reconstruction) of the z-scored image
+        `z_scored_reference`: with `background` 'floor', the reference's background voxels (exact zeros) get 0
+        again, whatever the model predicted there."""
+        z = x * self.intensity_scale
+        if self.background == "floor":
+            z = z.masked_fill(z_scored_reference == 0, 0.0)
+        return z
+
+    @property
+    def model_space_padding(self) -> float:
+        """The model-space value of the background, which padding must use."""
+        return -1.0 if self.background == "floor" else 0.0
 
 
 def setting_checker(where: str) -> Callable[[bool, str, Any, str], None]:

@@ -37,6 +37,7 @@ __all__ = [
     "SADMTrainer_DRAEM_1epoch",
     "SADMTrainer_DRAEM_5epochs",
     "SADMTrainer_DRAEM_2epochs_100its",
+    "SADMTrainer_DRAEM_2epochs_10its",
 ]
 
 
@@ -153,3 +154,10 @@ class SADMTrainer_DRAEM_2epochs_100its(SADMTrainer_DRAEM):
     """For tests: 2 epochs of 100 iterations, a checkpoint every epoch."""
 
     run_length = SADMTrainer_2epochs_100its.run_length
+
+
+class SADMTrainer_DRAEM_2epochs_10its(SADMTrainer_DRAEM):
+    """For tests: 2 epochs of 10 iterations (2 validation batches each), a checkpoint every epoch."""
+
+    run_length = {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2,
+                  "save_every": 1}
