@@ -1,10 +1,12 @@
 """Stage-II benchmark: SADMTrainer vs nnUNetTrainer through the real nnU-Net commands (CPU or GPU).
 
     python benchmarks/stage2_benchmark.py [--quick] [--output results.json] [--workdir DIR] [--threads 2]
-                                          [--device cpu|cuda]
+                                          [--device cpu|cuda] [--configuration 2d|3d_fullres]
 
 1. Set-up: a tumour dataset (`build_lesion_dataset`, training cases + held-out test cases) from the healthy brains
-   in `../shared/data/healthy_t1`, `nnUNetv2_plan_and_preprocess -c 2d`, a stage-I model and `sadm_nnunet_plan`.
+   in `../shared/data/healthy_t1`, `nnUNetv2_plan_and_preprocess -c 2d [3d_fullres]`, a stage-I model (always on
+   the 2d configuration) and `sadm_nnunet_plan -c CONFIGURATION` (`--configuration`, default 2d; 3d_fullres
+   compares 3D SADM, whose denoiser reconstructs every slice of a 3D patch, with 3D nnU-Net).
    The stage-I model is an UNTRAINED denoiser (random weights) of the template's default architecture (--quick: a
    tiny one), written with `save_diffusion_model` where `sadm_nnunet_plan` looks for a trained one: speed and memory
    do not depend on the weights, and training the default denoiser on 2 CPU cores would take hours.
@@ -59,8 +61,8 @@ from common import (TRAINERS_FOLDER, console_script, format_load, load_average, 
 TRAINERS_MODULE = "stage2_bench_trainers"
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID}_BenchTumour"
-BASE_CONFIGURATION = "2d"
-CONFIGURATION = "2d_sadm"
+STAGE1_CONFIGURATION = "2d"  # the denoiser is trained on 2D slices
+CONFIGURATIONS = ("2d", "3d_fullres")  # what --configuration may name: SADM's configuration inherits from it
 PLANS = "nnUNetPlans"
 FOLD = "0"
 STAGE1_TRAINER = "SADMDiffusionTrainer"
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-repeats", type=int, help="fewest runs per trainer / prediction variant")
     p.add_argument("--time-budget", type=float, dest="time_budget_s",
                    help="seconds the whole run aims at (default: 1080 full, 80 quick); decides the repeats")
+    p.add_argument("--configuration", choices=CONFIGURATIONS, default="2d",
+                   help="nnU-Net configuration both trainers train on (SADM: CONFIGURATION_sadm; default 2d)")
     return p.parse_args(argv)
 
 
@@ -141,7 +145,13 @@ class Commands:
         return wall
 
 
-def results_folder(workdir: Path, trainer: str, configuration: str = CONFIGURATION) -> Path:
+def sadm_configuration(base: str) -> str:
+    """The SADM configuration sadm_nnunet_plan writes for `base` (both trainers train on it; plain nnU-Net ignores
+    its `sadm` block, so the baseline is nnU-Net on `base`'s data, patch and batch)."""
+    return f"{base}_sadm"
+
+
+def results_folder(workdir: Path, trainer: str, configuration: str) -> Path:
     return workdir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{configuration}"
 
 
@@ -149,9 +159,10 @@ def results_folder(workdir: Path, trainer: str, configuration: str = CONFIGURATI
 # set-up
 
 
-def prepare(commands: Commands, source: Path, mode: dict) -> dict:
-    """Tumour dataset (training + test cases), nnU-Net planning and preprocessing (2d), an untrained stage-I model,
-    sadm_nnunet_plan. Returns the time of each step and the stage-I denoiser's description."""
+def prepare(commands: Commands, source: Path, mode: dict, base: str) -> dict:
+    """Tumour dataset (training + test cases), nnU-Net planning and preprocessing (2d and `base`), an untrained
+    stage-I model, sadm_nnunet_plan -c `base`. Returns the time of each step and the stage-I denoiser's
+    description."""
     from sadm_nnunet.datasets.lesions import build_lesion_dataset
 
     if not source.is_dir():
@@ -168,12 +179,13 @@ def prepare(commands: Commands, source: Path, mode: dict) -> dict:
     timings["build_raw_dataset_s"] = time.perf_counter() - start
     # Planning needs at least one worker process (nnUNet_n_proc_DA=0 crashes it); training uses 0.
     timings["plan_and_preprocess_s"] = commands.run(
-        "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", BASE_CONFIGURATION, "-np", "1", "-npfp", "1",
+        "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", *dict.fromkeys((STAGE1_CONFIGURATION, base)),
+        "-np", "1", "-npfp", "1",
         nnUNet_n_proc_DA="1")
     start = time.perf_counter()
     denoiser = write_untrained_stage1(workdir, mode["unet_overrides"])
     timings["write_stage1_model_s"] = time.perf_counter() - start
-    timings["sadm_nnunet_plan_s"] = commands.run("sadm_nnunet_plan", DATASET_ID, "--ddpm", DATASET_ID)
+    timings["sadm_nnunet_plan_s"] = commands.run("sadm_nnunet_plan", DATASET_ID, "--ddpm", DATASET_ID, "-c", base)
     return {"timings": timings, "denoiser": denoiser}
 
 
@@ -192,12 +204,12 @@ def write_untrained_stage1(workdir: Path, unet_overrides: dict) -> dict:
     preprocessed = workdir / "nnUNet_preprocessed" / DATASET_NAME
     plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    patch = tuple(int(p) for p in PlansManager(plans).get_configuration(BASE_CONFIGURATION).patch_size)
+    patch = tuple(int(p) for p in PlansManager(plans).get_configuration(STAGE1_CONFIGURATION).patch_size)
     settings = DiffusionSettings.from_dict({"unet": unet_overrides})
     config = unet_config(settings, patch, len(dataset_json["channel_names"]))
     torch.manual_seed(0)
     unet = UNet2DModel(**config)
-    folder = results_folder(workdir, STAGE1_TRAINER, BASE_CONFIGURATION)
+    folder = results_folder(workdir, STAGE1_TRAINER, STAGE1_CONFIGURATION)
     save_diffusion_model(unet, settings, folder / "fold_all" / EXPORT_FOLDER_NAME)
     shutil.copyfile(preprocessed / f"{PLANS}.json", folder / "plans.json")
     shutil.copyfile(preprocessed / "dataset.json", folder / "dataset.json")
@@ -211,14 +223,14 @@ def write_untrained_stage1(workdir: Path, unet_overrides: dict) -> dict:
 # training and prediction runs
 
 
-def train_once(commands: Commands, trainer: str, mode: dict, bench: ModuleType) -> dict:
-    """One `nnUNetv2_train ID 2d_sadm 0 -tr trainer` in a fresh fold folder; the trainer's timings JSON (file names
-    from the trainers module `bench`) plus the command's wall time."""
-    fold = results_folder(commands.workdir, trainer) / f"fold_{FOLD}"
+def train_once(commands: Commands, trainer: str, mode: dict, bench: ModuleType, configuration: str) -> dict:
+    """One `nnUNetv2_train ID CONFIGURATION 0 -tr trainer` in a fresh fold folder; the trainer's timings JSON (file
+    names from the trainers module `bench`) plus the command's wall time."""
+    fold = results_folder(commands.workdir, trainer, configuration) / f"fold_{FOLD}"
     shutil.rmtree(fold, ignore_errors=True)
     fold.mkdir(parents=True)
     (fold / bench.SETTINGS_FILE).write_text(json.dumps({"warmup": mode["warmup"], "iterations": mode["iterations"]}))
-    wall = commands.run("nnUNetv2_train", DATASET_ID, CONFIGURATION, FOLD, "-tr", trainer, "-device",
+    wall = commands.run("nnUNetv2_train", DATASET_ID, configuration, FOLD, "-tr", trainer, "-device",
                         commands.device)
     record = json.loads((fold / bench.RESULTS_FILE).read_text())
     expected = mode["warmup"] + mode["iterations"]
@@ -235,13 +247,13 @@ def train_once(commands: Commands, trainer: str, mode: dict, bench: ModuleType) 
     return record
 
 
-def predict_once(commands: Commands, trainer: str, disable_tta: bool, num_cases: int) -> float:
+def predict_once(commands: Commands, trainer: str, disable_tta: bool, num_cases: int, configuration: str) -> float:
     """Wall time of one `nnUNetv2_predict` of the test cases with `trainer`'s fold-0 model."""
     workdir = commands.workdir
     out = workdir / "predictions" / f"{trainer}{'_notta' if disable_tta else ''}"
     shutil.rmtree(out, ignore_errors=True)
     args = ["-i", workdir / "nnUNet_raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID, "-c",
-            CONFIGURATION, "-tr", trainer, "-f", FOLD, "-device", commands.device, "-npp", "1", "-nps", "1"]
+            configuration, "-tr", trainer, "-f", FOLD, "-device", commands.device, "-npp", "1", "-nps", "1"]
     wall = commands.run("nnUNetv2_predict", *args, *(["--disable_tta"] if disable_tta else []))
     written = sorted(out.glob("*.nii.gz"))
     if len(written) != num_cases:
@@ -314,13 +326,14 @@ def summarise_prediction(runs: dict[str, list[float]], num_cases: int) -> dict:
 # where the time goes: one tile through each part, in this process
 
 
-def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
+def tile_breakdown(workdir: Path, repeats: int, device: str, configuration_name: str) -> dict:
     """Milliseconds per sliding-window tile (batch 1, eval mode, no gradients) of the reconstruction, the SADM
     segmentation network (image + residual) and nnU-Net's network, built from the plans with random weights;
     parts alternate, medians over `repeats`. Also the implied network time per tile of a prediction with mirroring
-    (SADM reuses the reconstruction for the mirrored copies: 1 reconstruction + 4 segmentation passes in 2D), and
-    the floating-point operations per slice of each part (load-independent; the ratios they imply are what the
-    measured ratios come close to when both sides run equally efficiently)."""
+    (SADM reuses the reconstruction for the mirrored copies: 1 reconstruction + 4 segmentation passes in 2D, 8 in
+    3D), and the floating-point operations per tile of each part (a denoiser pass: one slice; a 3D tile of D slices
+    needs D of them per noise level) - load-independent; the ratios they imply are what the measured ratios come
+    close to when both sides run equally efficiently."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -332,7 +345,7 @@ def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
     preprocessed = workdir / "nnUNet_preprocessed" / DATASET_NAME
     plans_manager = PlansManager(json.loads((preprocessed / f"{PLANS}.json").read_text()))
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    configuration = plans_manager.get_configuration(CONFIGURATION)
+    configuration = plans_manager.get_configuration(configuration_name)
     channels = len(dataset_json["channel_names"])
     heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     torch.manual_seed(0)
@@ -343,6 +356,8 @@ def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
     with torch.no_grad():
         stacked = sadm.stack(tile)
     level = torch.tensor([sadm.reconstructor.options.noise_levels[0]], device=device)
+    one_slice = tile if tile.ndim == 4 else tile[:, :, 0]  # the denoiser's input: one 2D slice
+    slices_per_tile = 1 if tile.ndim == 4 else tile.shape[2]
 
     def gflop(fn) -> float:
         with FlopCounterMode(display=False) as counter:
@@ -350,7 +365,7 @@ def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
         return counter.get_total_flops() / 1e9
 
     with torch.no_grad():
-        gflops = {"denoiser_pass": gflop(lambda: sadm.denoiser(tile, level)),
+        gflops = {"denoiser_pass": gflop(lambda: sadm.denoiser(one_slice, level)),
                   "sadm_segmentation_forward": gflop(lambda: sadm.segmentation(stacked)),
                   "nnunet_forward": gflop(lambda: base(tile))}
     gflops["sadm_segmentation_forward_backward"] = gflop(lambda: sadm.segmentation(stacked).sum().backward())
@@ -376,14 +391,15 @@ def tile_breakdown(workdir: Path, repeats: int, device: str = "cpu") -> dict:
     base_tta = mirrored * ms["nnunet_network"]
     g = gflops
     return {"patch_size": [int(p) for p in configuration.patch_size], "torch_threads": torch.get_num_threads(),
-            "reconstruction_passes": passes, "mirrored_copies": mirrored,
+            "reconstruction_passes": passes, "slices_per_tile": slices_per_tile, "mirrored_copies": mirrored,
             "median_ms": ms, "times_ms": times, "sadm_ms_per_tile_with_tta": sadm_tta,
             "nnunet_ms_per_tile_with_tta": base_tta, "ratio_with_tta": sadm_tta / base_tta,
             "ratio_without_tta": (ms["reconstruction"] + ms["sadm_segmentation"]) / ms["nnunet_network"],
             "gflop_per_slice": gflops,
-            "gflop_ratio_training": (g["denoiser_pass"] + g["sadm_segmentation_forward_backward"])
+            "gflop_ratio_training": (slices_per_tile * g["denoiser_pass"] + g["sadm_segmentation_forward_backward"])
             / g["nnunet_forward_backward"],
-            "gflop_ratio_prediction_with_tta": (passes * g["denoiser_pass"] + mirrored * g["sadm_segmentation_forward"])
+            "gflop_ratio_prediction_with_tta": (passes * slices_per_tile * g["denoiser_pass"]
+                                                + mirrored * g["sadm_segmentation_forward"])
             / (mirrored * g["nnunet_forward"]),
             "segmentation_parameters": sum(p.numel() for p in sadm.segmentation.parameters()),
             "nnunet_parameters": sum(p.numel() for p in base.parameters())}
@@ -400,6 +416,7 @@ def met(ok: bool) -> str:
 def markdown(results: dict) -> str:
     m, ds, tr, pr, tb = (results[k] for k in ("machine", "dataset", "training", "prediction", "tiles"))
     den = ds["denoiser"]
+    cfg = results["configuration"]
     load, load_end = format_load(m["load_average_at_start"]), format_load(results["load_average_at_end"])
     sadm, base = tr["trainers"][SADM_TRAINER], tr["trainers"][BASELINE_TRAINER]
     n_runs = len(sadm["runs"])
@@ -415,7 +432,8 @@ def markdown(results: dict) -> str:
         f"load average at start {load}, at end {load_end}; nnunetv2 {results['versions']['nnunetv2']}, "
         f"diffusers {results['versions']['diffusers']}.",
         f"- Data: {ds['num_cases']} training + {ds['num_test_cases']} test tumour cases (zoom {ds['zoom']:.3g}, "
-        f"spacing {ds['spacing']:g} mm); configuration {CONFIGURATION} (inherits 2d): patch {tr['patch_size']}, "
+        f"spacing {ds['spacing']:g} mm); configuration {cfg['sadm']} (inherits {cfg['base']}): patch "
+        f"{tr['patch_size']}, "
         f"batch {tr['batch_size']}.",
         f"- Stage-I denoiser: **random weights (untrained)**; speed and memory do not depend on the weights. Widths "
         f"{den['block_out_channels']}, {den['layers_per_block']} layer(s) per block, {den['parameters'] / 1e6:.2f} M "
@@ -423,7 +441,7 @@ def markdown(results: dict) -> str:
         f"network {tb['segmentation_parameters'] / 1e6:.2f} M parameters (nnU-Net's: "
         f"{tb['nnunet_parameters'] / 1e6:.2f} M).",
         "",
-        f"Training (`nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD}`), {n_runs} run(s) per trainer, alternating; "
+        f"Training (`nnUNetv2_train {DATASET_ID} {cfg['sadm']} {FOLD}`), {n_runs} run(s) per trainer, alternating; "
         f"per run {timed} timed iterations after {results['settings']['warmup']} warm-up; medians over all timed "
         f"iterations:",
         "",
@@ -471,11 +489,11 @@ def markdown(results: dict) -> str:
         f"{tb['ratio_with_tta']:.2f} |",
         f"| without mirroring: SADM / nnU-Net | {tb['ratio_without_tta']:.2f} |",
         "",
-        f"Work per slice (GFLOP, load-independent): one denoiser pass {gf['denoiser_pass']:.2f}; segmentation "
-        f"forward + backward SADM {gf['sadm_segmentation_forward_backward']:.2f}, nnU-Net "
+        f"Work (GFLOP, load-independent): one denoiser pass on one slice {gf['denoiser_pass']:.2f} "
+        f"({tb['slices_per_tile']} slice(s) per tile); per tile, segmentation forward + backward SADM {gf['sadm_segmentation_forward_backward']:.2f}, nnU-Net "
         f"{gf['nnunet_forward_backward']:.2f}; forward only SADM {gf['sadm_segmentation_forward']:.2f}, nnU-Net "
         f"{gf['nnunet_forward']:.2f}. At equal efficiency this implies SADM / nnU-Net = "
-        f"{tb['gflop_ratio_training']:.2f} per training step (1 denoiser pass per sample) and "
+        f"{tb['gflop_ratio_training']:.2f} per training step (1 denoiser pass per slice of a sample) and "
         f"{tb['gflop_ratio_prediction_with_tta']:.2f} per predicted tile with mirroring ({tb['reconstruction_passes']} "
         f"denoiser passes).",
         "",
@@ -518,11 +536,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[stage2_benchmark] {mode_name} mode, work folder {workdir}, time budget "
               f"{mode['time_budget_s']:.0f} s; the stage-I denoiser has RANDOM weights (speed and memory do not "
               f"depend on them)", flush=True)
-        setup = prepare(commands, args.source.resolve(), mode)
+        configuration = sadm_configuration(args.configuration)
+        setup = prepare(commands, args.source.resolve(), mode, args.configuration)
         print(f"[stage2_benchmark] set-up done after {time.perf_counter() - started:.1f} s; training ...", flush=True)
 
         train_deadline = started + mode["train_share"] * mode["time_budget_s"]
-        train_runs = alternate({name: (lambda name=name: train_once(commands, name, mode, bench))
+        train_runs = alternate({name: (lambda name=name: train_once(commands, name, mode, bench, configuration))
                                 for name in (BASELINE_TRAINER, SADM_TRAINER)},
                                mode, train_deadline, "[stage2_benchmark] training")
         training = summarise_training(train_runs)
@@ -530,13 +549,13 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
 
         n_test = mode["num_test_cases"]
-        variants = {BASELINE_TRAINER: lambda: predict_once(commands, BASELINE_TRAINER, False, n_test),
-                    SADM_TRAINER: lambda: predict_once(commands, SADM_TRAINER, False, n_test)}
+        variants = {BASELINE_TRAINER: lambda: predict_once(commands, BASELINE_TRAINER, False, n_test, configuration),
+                    SADM_TRAINER: lambda: predict_once(commands, SADM_TRAINER, False, n_test, configuration)}
         if mode["predict_without_tta"]:
-            variants[NO_TTA] = lambda: predict_once(commands, SADM_TRAINER, True, n_test)
+            variants[NO_TTA] = lambda: predict_once(commands, SADM_TRAINER, True, n_test, configuration)
         predict_runs = alternate(variants, mode, budget_end, "[stage2_benchmark] prediction", once=(NO_TTA,))
         prediction = summarise_prediction(predict_runs, n_test)
-        tiles = tile_breakdown(workdir, mode["tile_repeats"], args.device)
+        tiles = tile_breakdown(workdir, mode["tile_repeats"], args.device, configuration)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -547,6 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine,
         "versions": versions(),
         "settings": {k: mode[k] for k in ("warmup", "iterations", "repeats", "min_repeats", "time_budget_s")},
+        "configuration": {"base": args.configuration, "sadm": configuration},
         "dataset": {"name": DATASET_NAME, "num_cases": mode["num_cases"], "num_test_cases": n_test,
                     "zoom": mode["zoom"], "spacing": mode["spacing"], **setup},
         "training": training,

@@ -17,6 +17,9 @@ from sadm_nnunet.segmentation.settings import SADMSettings
 KEEP = "keep"  # resolve_diffusion_settings: keep the plans' conditioning.encoder as it is
 
 
+STAGE2_DIMENSIONS = (2, 3)  # stage II: 2D configurations, and 3D ones whose patches the denoiser reconstructs slice-wise
+
+
 def plans_file(dataset: str, plans_identifier: str) -> Path:
     """nnUNet_preprocessed/DATASET/PLANS.json of a dataset name or id, or an error saying how to create it."""
     from nnunetv2.paths import nnUNet_preprocessed
@@ -57,9 +60,11 @@ def deep_update(base: dict, update: dict) -> dict:
     return out
 
 
-def configuration_manager(plans: dict, configuration: str, source: str | None = None, what: str = "SADM"):
-    """nnU-Net's ConfigurationManager of `configuration` (inheritance resolved), checked to exist and to be 2D.
-    `source` names the plans in errors (default: the plans of the dataset); `what` names who needs 2D."""
+def configuration_manager(plans: dict, configuration: str, source: str | None = None, what: str = "SADM",
+                          dimensions: tuple[int, ...] = (2,)):
+    """nnU-Net's ConfigurationManager of `configuration` (inheritance resolved), checked to exist and to have a
+    patch of one of `dimensions` (2: the stage-I denoiser's slices; stage II takes 2 or 3). `source` names the plans
+    in errors (default: the plans of the dataset); `what` names who needs those dimensions."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     source = source or f"the plans of {plans.get('dataset_name')}"
@@ -67,16 +72,19 @@ def configuration_manager(plans: dict, configuration: str, source: str | None = 
     if configuration not in configurations:
         raise InputError(f"{source} have no configuration '{configuration}'; available: {sorted(configurations)}")
     resolved = PlansManager(plans).get_configuration(configuration)
-    if len(resolved.patch_size) != 2:
-        raise InputError(f"Configuration '{configuration}' of {source} is 3D (patch {list(resolved.patch_size)}); "
-                         f"{what} supports 2D configurations only so far. Use a 2D configuration (e.g. 2d).")
+    if len(resolved.patch_size) not in dimensions:
+        kinds = " or ".join(f"{d}D" for d in dimensions)
+        raise InputError(f"Configuration '{configuration}' of {source} is {len(resolved.patch_size)}D (patch "
+                         f"{list(resolved.patch_size)}); {what} needs a {kinds} configuration"
+                         + (" (e.g. 2d): it is trained on 2D slices, and a 3D SADM configuration slices its "
+                            "patches for it." if dimensions == (2,) else "."))
     return resolved
 
 
 def resolve_sadm_settings(plans: dict, configuration: str, source: str | None = None) -> SADMSettings:
     """The validated stage-II settings of an SADM configuration (its `sadm` block, which sadm_nnunet_plan writes)."""
     source = source or f"the plans of {plans.get('dataset_name')}"
-    resolved = configuration_manager(plans, configuration, source).configuration
+    resolved = configuration_manager(plans, configuration, source, dimensions=STAGE2_DIMENSIONS).configuration
     if SADM_KEY not in resolved:
         raise InputError(
             f"Configuration '{configuration}' of {source} has no '{SADM_KEY}' block, so it is not an SADM "

@@ -39,9 +39,16 @@ def test_stage1_benchmark_quick_mode_runs_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path):
-    results = run_quick("stage2_benchmark.py", tmp_path)
-    assert results["dataset"]["denoiser"] and results["tiles"]["median_ms"]["reconstruction"] > 0
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_stage2_benchmark_quick_mode_runs_and_reports(tmp_path, configuration):
+    results = run_quick("stage2_benchmark.py", tmp_path, "--configuration", configuration)
+    assert results["configuration"] == {"base": configuration, "sadm": f"{configuration}_sadm"}
+    tiles = results["tiles"]
+    assert len(tiles["patch_size"]) == (3 if configuration == "3d_fullres" else 2)
+    # a 3D tile of D slices: D denoiser passes per noise level, 8 mirrored copies
+    assert tiles["slices_per_tile"] == (tiles["patch_size"][0] if configuration == "3d_fullres" else 1)
+    assert tiles["mirrored_copies"] == 2 ** len(tiles["patch_size"])
+    assert results["dataset"]["denoiser"] and tiles["median_ms"]["reconstruction"] > 0
     targets = (results["training"]["target_time_ratio"], results["training"]["target_memory_ratio"],
                results["prediction"]["target_ratio"])
     assert targets == (1.5, 1.3, 1.5)

@@ -159,7 +159,7 @@ def test_3d_configuration_is_refused(healthy_dataset, nnunet):
     proc = nnunet.run("nnUNetv2_train", HEALTHY_ID, "3d_fullres", "all", "-tr", "SADMDiffusionTrainer",
                       "-device", "cpu", check=False)
     assert proc.returncode != 0
-    assert "2D configurations only" in proc.stderr and "3d_fullres" in proc.stderr
+    assert "needs a 2D configuration" in proc.stderr and "3d_fullres" in proc.stderr
 
 
 @pytest.mark.slow  # starts nnUNetv2_train

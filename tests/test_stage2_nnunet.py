@@ -200,11 +200,6 @@ def test_training_without_sadm_configuration_fails_clearly(nnunet, lesion_datase
     assert "not an SADM configuration" in proc.stderr and "sadm_nnunet_plan" in proc.stderr
 
 
-def test_plan_refuses_3d_configurations(nnunet, sadm_planned, lesion_dataset):
-    proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-c", "3d_fullres", check=False)
-    assert proc.returncode != 0 and "3D" in proc.stderr and "2D configurations only" in proc.stderr
-
-
 BATCH_PROBE = """
 import sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args

@@ -1,9 +1,11 @@
 """`sadm_nnunet_plan`: writes an SADM configuration into a target dataset's nnU-Net plans.
 
-    sadm_nnunet_plan TARGET --ddpm HEALTHY [-c 2d] [--fold all] [--name 2d_sadm] [-p nnUNetPlans]
+    sadm_nnunet_plan TARGET --ddpm HEALTHY [-c 2d|3d_fullres|3d_lowres] [--fold all] [--name 2d_sadm] [-p nnUNetPlans]
                      [--ddpm-trainer SADMDiffusionTrainer] [--set input_mode=image+reconstruction ...]
 
-The new configuration (default '2d_sadm') inherits from `-c` and reuses its preprocessed data; it records the
+The new configuration (default '<configuration>_sadm', e.g. '2d_sadm' or '3d_fullres_sadm') inherits from `-c` and
+reuses its preprocessed data; in a 3D configuration the (2D) stage-I denoiser reconstructs every slice of a patch
+along the axis the '2d' configuration slices, so its in-plane spacing must match the denoiser's; it records the
 stage-I model (HEALTHY's trained SADMDiffusionTrainer*, fold --fold), that model's settings and architecture, and
 the SADM settings (template plans/sadm.json). Then train with `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.
 The stage-I model must have been trained on data preprocessed like the target's (channels, normalisation, target
@@ -19,7 +21,8 @@ from sadm_nnunet.diffusion.export import load_diffusion_model
 from sadm_nnunet.errors import InputError, one_line_errors
 from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_cases import dataset_id, dataset_name
-from sadm_nnunet.nnunet_plans import configuration_manager, deep_update, parse_override, plans_file
+from sadm_nnunet.nnunet_plans import (STAGE2_DIMENSIONS, configuration_manager, deep_update, parse_override,
+                                      plans_file)
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
 from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
                                              stage1_plans_and_dataset_json)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     path = plans_file(args.target, args.plans)
     plans = read_json(path, "plans file")
     configurations = plans.get("configurations", {})
-    configuration_manager(plans, args.configuration, str(path))
+    configuration_manager(plans, args.configuration, str(path), dimensions=STAGE2_DIMENSIONS)
     if name == args.configuration:
         raise InputError(f"--name must differ from the inherited configuration '{args.configuration}'")
 
@@ -93,7 +96,7 @@ def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args:
                 f"then run sadm_nnunet_plan {dataset_id(target)} --ddpm with that dataset.")
     plans = f"{stage1.plans}From{dataset_id(healthy)}"
     rerun = [f"sadm_nnunet_plan {dataset_id(target)} --ddpm {dataset_id(healthy)} -p {plans} -c "
-             f"{stage1.configuration}"]
+             f"{args.configuration}"]
     for option, value, default in (("--name", args.name, None), ("--fold", args.fold, "all"),
                                    ("--ddpm-trainer", args.ddpm_trainer, None),
                                    ("--ddpm-plans", args.ddpm_plans, "nnUNetPlans"),
@@ -106,6 +109,6 @@ def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args:
             "healthy dataset's plans and preprocess it with them:\n"
             f"  nnUNetv2_move_plans_between_datasets -s {dataset_id(healthy)} -t {dataset_id(target)} "
             f"-sp {stage1.plans} -tp {plans}\n"
-            f"  nnUNetv2_preprocess -d {dataset_id(target)} -plans_name {plans} -c {stage1.configuration}\n"
+            f"  nnUNetv2_preprocess -d {dataset_id(target)} -plans_name {plans} -c {args.configuration}\n"
             f"  {' '.join(rerun)}\n"
             f"and train with -p {plans}.")

@@ -33,6 +33,7 @@ __all__ = [
     "SADMTrainer_1epoch",
     "SADMTrainer_5epochs",
     "SADMTrainer_2epochs_100its",
+    "SADMTrainer_2epochs_10its",
     "SADMTrainer_DRAEM",
     "SADMTrainer_DRAEM_1epoch",
     "SADMTrainer_DRAEM_5epochs",
@@ -136,6 +137,13 @@ class SADMTrainer_2epochs_100its(SADMTrainer):
                   "save_every": 1}
 
 
+class SADMTrainer_2epochs_10its(SADMTrainer):
+    """For tests: 2 epochs of 10 iterations (2 validation batches each), a checkpoint every epoch."""
+
+    run_length = {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2,
+                  "save_every": 1}
+
+
 class SADMTrainer_DRAEM(SADMTrainer):
     """Self-supervised stage II: every training patch gets a synthetic anomaly; the dataset's labels are ignored."""
 
@@ -159,5 +167,4 @@ class SADMTrainer_DRAEM_2epochs_100its(SADMTrainer_DRAEM):
 class SADMTrainer_DRAEM_2epochs_10its(SADMTrainer_DRAEM):
     """For tests: 2 epochs of 10 iterations (2 validation batches each), a checkpoint every epoch."""
 
-    run_length = {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2,
-                  "save_every": 1}
+    run_length = SADMTrainer_2epochs_10its.run_length
