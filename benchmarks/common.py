@@ -39,7 +39,21 @@ def timing_arguments(description: str, quick: str, threads: str, device: str) ->
                    help=f"folder of healthy '*_t1.nii.gz' brains (default: {HEALTHY_SOURCE})")
     p.add_argument("--threads", type=int, default=2, help=threads)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help=device)
+    p.add_argument("--unet", nargs="+", metavar="KEY=VALUE", type=unet_setting,
+                   help="denoiser size instead of the mode's (unet.* settings of plans/sadm_diffusion.json), e.g. the "
+                        "paper's: base_channels=64 max_channels=256 layers_per_block=2 norm_num_groups=32")
     return p
+
+
+PAPER_UNET = ("base_channels=64", "max_channels=256", "layers_per_block=2", "norm_num_groups=32")
+
+
+def unet_setting(text: str) -> tuple[str, int]:
+    """'KEY=VALUE' of an integer unet.* setting, as (KEY, VALUE)."""
+    key, _, value = text.partition("=")
+    if not key or not value.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=INTEGER (a unet.* setting), found {text!r}")
+    return key, int(value)
 
 
 def select_mode(args: argparse.Namespace, modes: dict[str, dict], options: tuple[str, ...]) -> tuple[str, dict]:

@@ -409,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict:
     date = now()
     mode_name, mode = select_mode(args, MODES, ("iterations", "min_iterations", "warmup", "time_budget_s"))
     mode["min_iterations"] = min(mode["min_iterations"], mode["iterations"])
+    if args.unet:
+        mode["unet_overrides"] = [f"unet.{k}={v}" for k, v in args.unet]
     if mode["iterations"] < 1 or mode["warmup"] < 0 or args.threads < 1:
         raise SystemExit("--iterations and --threads must be >= 1, --warmup >= 0")
 

@@ -514,6 +514,8 @@ def main(argv: list[str] | None = None) -> dict:
     date = now()
     mode_name, mode = select_mode(args, MODES, ("iterations", "warmup", "repeats", "min_repeats", "time_budget_s"))
     mode["min_repeats"] = min(mode["min_repeats"], mode["repeats"])
+    if args.unet:
+        mode["unet_overrides"] = dict(args.unet)
     if mode["iterations"] < 2 or mode["warmup"] < 0 or mode["repeats"] < 1 or args.threads < 1:
         raise SystemExit("--iterations must be >= 2, --repeats and --threads >= 1, --warmup >= 0")
 

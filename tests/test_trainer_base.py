@@ -33,3 +33,19 @@ def test_progress_lines_carry_the_iteration_and_the_running_mean_loss(iterations
         assert [line.split(":")[0] for line in trainer.lines] == [f"iteration {i}/{iterations}" for i in expected]
         means = [float(line.split("mean train loss ")[1].split(",")[0]) for line in trainer.lines]
         assert means == pytest.approx([losses[:i].mean() for i in expected], abs=5e-5)
+
+
+class Wrapped(SADMTrainerMixin):
+    def __init__(self, network, is_ddp: bool) -> None:
+        self.network, self.is_ddp = network, is_ddp
+
+
+@pytest.mark.parametrize("is_ddp", [False, True])
+def test_unwrapped_network_before_and_after_compile_whatever_is_ddp_says(is_ddp):
+    """In DDP, nnU-Net's initialize calls configure_optimizers (which unwraps) before it wraps the network in DDP.
+    DDP itself around the network: test_ddp.py (a gloo group)."""
+    import torch
+
+    net = torch.nn.Linear(2, 2)
+    assert Wrapped(net, is_ddp).unwrapped_network() is net
+    assert Wrapped(torch.compile(net, backend="eager"), is_ddp).unwrapped_network() is net

@@ -76,6 +76,7 @@ def simplex_noise(shape: tuple[int, ...], settings: NoiseSettings, generator: to
     return total.reshape(b, c, h, w).to(dtype)
 
 
+@torch.compiler.disable  # seeded generators break torch.compile graphs at every draw; noise needs no compiling
 def sample_noise(shape: tuple[int, ...], settings: NoiseSettings, generator: torch.Generator | None,
                  device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Noise of the kind the settings select (`simplex` or `gaussian`)."""

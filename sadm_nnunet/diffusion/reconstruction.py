@@ -98,11 +98,11 @@ class Reconstructor:
     def _reconstruct_levels(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
         x0 = self._padded_model_space(images)
-        generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
         embedding = self._embed(x0)
         if self.options.method == "single_step" and self.options.patch_grid == 1:
-            out = self._single_step_levels(x0, generator, embedding)
+            out = self._single_step_levels(x0, embedding)
         else:
+            generator = seeded_generator(self.options.seed)
             out = torch.zeros((len(self.options.noise_levels), *x0.shape), dtype=x0.dtype, device=x0.device)
             for i, level in enumerate(self.options.noise_levels):
                 noise = sample_noise(tuple(x0.shape), self.settings.noise, generator, x0.device)
@@ -111,19 +111,25 @@ class Reconstructor:
                                                          None if embedding is None else embedding[sl])
         return self.settings.from_model_space(out[..., :h, :w], images).to(images.dtype)
 
-    def _single_step_levels(self, x0: torch.Tensor, generator: torch.Generator,
-                            embedding: torch.Tensor | None) -> torch.Tensor:
+    def _single_step_levels(self, x0: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
         """(L, *x0.shape): the default method with every noise level of a slice in the same network batch (one call
         for a sliding-window tile instead of one per level); the same noise, hence the same result, as level by
         level."""
         n = x0.shape[0]
         levels = self.options.noise_levels
-        noisy = torch.cat([noised_to(self.scheduler, x0, sample_noise(tuple(x0.shape), self.settings.noise,
-                                                                       generator, x0.device), level)
-                           for level in levels])
+        noises = self._seeded_noises(tuple(x0.shape), x0.device)
+        noisy = torch.cat([noised_to(self.scheduler, x0, noise, level) for noise, level in zip(noises, levels)])
         timesteps = torch.tensor(levels, device=x0.device, dtype=torch.long).repeat_interleave(n)
         embeddings = None if embedding is None else embedding.repeat(len(levels), 1)
         return self._predict_in_chunks(noisy, timesteps, embeddings).reshape(len(levels), *x0.shape)
+
+    @torch.compiler.disable
+    def _seeded_noises(self, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
+        """One noise tensor per noise level, drawn in order from a generator seeded with the settings' seed. Kept out
+        of torch.compile graphs (nnU-Net compiles the whole SADM network on CUDA): a generator made and drawn from
+        inside a graph breaks it at every draw; here it breaks once per call, and the noise is the same."""
+        generator = seeded_generator(self.options.seed)
+        return [sample_noise(shape, self.settings.noise, generator, device) for _ in self.options.noise_levels]
 
     def _chunks(self, n: int) -> list[slice]:
         """Row slices of at most `batch_size`: every network call is chunked, which bounds peak memory."""
@@ -194,6 +200,11 @@ class Reconstructor:
             if mask is not None and t > 0:
                 x = mask * x + (1 - mask) * noised_to(self.scheduler, x0, noise, t - stride)
         return x
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed` (noise is drawn on the CPU, so it does not depend on the device)."""
+    return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def noised_to(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:

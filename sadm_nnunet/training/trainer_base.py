@@ -7,6 +7,7 @@ from time import perf_counter
 import numpy as np
 from torch import nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 
 class SADMTrainerMixin:
@@ -31,8 +32,12 @@ class SADMTrainerMixin:
             setattr(self, name, value)
 
     def unwrapped_network(self) -> nn.Module:
-        """The network itself, unwrapped from DDP and torch.compile."""
-        mod = self.network.module if self.is_ddp else self.network
+        """The network itself, unwrapped from DDP and torch.compile. Decided by the wrappers' types, not by
+        `is_ddp`: nnU-Net's `initialize` calls `configure_optimizers` (which needs this) before it wraps the network
+        in DDP."""
+        mod = self.network
+        if isinstance(mod, DistributedDataParallel):
+            mod = mod.module
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     def on_train_epoch_start(self) -> None:

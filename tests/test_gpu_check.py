@@ -1,0 +1,29 @@
+"""benchmarks/gpu_check.py --dry-run: the prepared GPU check runs end to end on the CPU at tiny sizes (so it cannot
+rot) and records every step."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow  # runs the stage-I and stage-II benchmarks' quick modes
+def test_gpu_check_dry_run_records_every_step(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--budget", "400",
+                           "--output", str(out)], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert list(steps) == ["precision", "compile", "stage1_default", "stage2_default", "stage1_paper", "stage2_paper"]
+    assert [steps[s]["status"] for s in ("stage1_paper", "stage2_paper")] == ["skipped"] * 2
+    failed = {k: v.get("error") for k, v in steps.items() if v["status"] == "failed"}
+    assert not failed, failed
+    drift = steps["precision"]["result"]["default"]
+    assert drift["float16"]["max_over_contrast"] < 0.05 and drift["bfloat16"]["max_over_contrast"] < 0.05
+    compiled = steps["compile"]["result"]
+    assert compiled["max_abs_compiled_minus_eager"] < 1e-5
+    assert len(set(compiled["unique_graphs_after_each_tile"])) == 1  # no recompiles per tile
+    assert steps["stage1_default"]["result"]["training"]["timed_iterations"] >= 1
+    assert steps["stage2_default"]["result"]["prediction"]["variants"]
