@@ -25,6 +25,7 @@ from sadm_nnunet.segmentation.network import SADMNetwork, build_sadm_network
 from sadm_nnunet.segmentation.settings import SADMSettings
 from sadm_nnunet.segmentation.stage1 import load_stage1_denoiser, model_folder
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
+from sadm_nnunet.training.ddp_dice import with_rank_batch_dice
 from sadm_nnunet.training.synthetic_anomalies import SyntheticAnomalyTransform
 from sadm_nnunet.training.trainer_base import SADMTrainerMixin
 
@@ -77,6 +78,10 @@ class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
         optimizer = torch.optim.SGD(self.sadm_network().segmentation.parameters(), self.initial_lr,
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _build_loss(self):
+        # nnU-Net's loss; its DDP batch Dice needs equal per-rank batch sizes, which nnU-Net's split does not give
+        return with_rank_batch_dice(super()._build_loss())
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
