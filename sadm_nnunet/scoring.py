@@ -52,8 +52,9 @@ class CaseScorer:
             recon = self.reconstruct(torch.from_numpy(pre.data)[None].to(self.device))[0].float().cpu().numpy()
         image_in = back_to_input(pre.data, pre, self.plans_manager, self.configuration_manager)
         recon_in = back_to_input(recon, pre, self.plans_manager, self.configuration_manager)
-        maps = anomaly_maps(self.diffusion.to_model_space(image_in), self.diffusion.to_model_space(recon_in),
-                            probability, data_range=self.diffusion.ssim_data_range, scoring=self.scoring,
+        to_model = self.diffusion.to_model_space  # the reconstruction's background is the image's
+        maps = anomaly_maps(to_model(image_in), to_model(recon_in, image_in), probability,
+                            data_range=self.diffusion.ssim_data_range, scoring=self.scoring,
                             slice_axis=self.slice_axis, brain=nonzero_mask(pre.raw))
         units = to_input_intensities(recon_in, pre.raw, self.plans_manager, self.configuration_manager)
         maps.update({f"reconstruction_{c:04d}": units[c] for c in range(units.shape[0])})

@@ -49,3 +49,21 @@ def test_unet_rule_for_default_and_tiny_patches():
 
 def test_template_file_comments_are_not_settings():
     assert not any(k.startswith("_") for k in load_template())
+
+
+def test_floor_background_maps_numpy_and_torch_alike_with_a_reference():
+    import numpy as np
+    import torch
+
+    floor = DiffusionSettings.from_dict({"background": "floor"})
+    image = np.array([0.0, 1.5, -3.0, 0.0], dtype=np.float32)
+    recon = np.array([0.2, 1.2, -2.4, 0.0], dtype=np.float32)  # not 0 where the image's background is
+    np.testing.assert_allclose(floor.to_model_space(image), [-1.0, 0.5, -1.0, -1.0])
+    np.testing.assert_allclose(floor.to_model_space(recon, image), [-1.0, 0.4, -0.8, -1.0], rtol=1e-6)
+    assert floor.to_model_space(recon, image).dtype == np.float32
+    torch.testing.assert_close(floor.to_model_space(torch.from_numpy(recon), torch.from_numpy(image)),
+                               torch.tensor([-1.0, 0.4, -0.8, -1.0]))
+    np.testing.assert_allclose(floor.from_model_space(np.array([0.3, 0.4], np.float32), np.array([0.0, 2.0])),
+                               [0.0, 1.2], rtol=1e-6)
+    brain_mean = DiffusionSettings.from_dict({})
+    np.testing.assert_allclose(brain_mean.to_model_space(recon, image), recon / 3)

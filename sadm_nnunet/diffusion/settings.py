@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Callable
 
+import numpy as np
+
 PLANS_KEY = "sadm_diffusion"
 TEMPLATE_NAME = "sadm_diffusion.json"
 NOISE_KINDS = ("simplex", "gaussian")
@@ -181,14 +183,16 @@ class DiffusionSettings:
         [-1, 1] in which `to_model_space` puts +-intensity_scale standard deviations."""
         return MODEL_SPACE_RANGE
 
-    def to_model_space(self, z_scored):
-        """nnU-Net-normalised intensities (z-scores) -> the range the denoiser and scheduler work in: z /
-        intensity_scale inside the brain. nnU-Net sets the voxels outside the brain mask to 0, the brain's mean
-        z-score; `background` 'brain_mean' leaves them there, 'floor' puts them at -1, the scheduler's lower bound
-        (the paper's images have a black background), so that the brain's outline survives heavy noise."""
+    def to_model_space(self, z_scored, reference=None):
+        """nnU-Net-normalised intensities (z-scores; a torch tensor or numpy array) -> the range the denoiser and
+        scheduler work in: z / intensity_scale inside the brain. nnU-Net sets the voxels outside the brain mask to 0,
+        the brain's mean z-score; `background` 'brain_mean' leaves them there, 'floor' puts them at -1, the
+        scheduler's lower bound (the paper's images have a black background), so that the brain's outline survives
+        heavy noise. The background is where `reference` (default: `z_scored` itself) is exactly 0: give the input
+        image as reference when mapping its reconstruction."""
         x = z_scored / self.intensity_scale
         if self.background == "floor":
-            x = x.masked_fill(z_scored == 0, -1.0)
+            x = _filled(x, (z_scored if reference is None else reference) == 0, -1.0)
         return x
 
     def from_model_space(self, x, z_scored_reference):
@@ -197,13 +201,20 @@ class DiffusionSettings:
         again, whatever the model predicted there."""
         z = x * self.intensity_scale
         if self.background == "floor":
-            z = z.masked_fill(z_scored_reference == 0, 0.0)
+            z = _filled(z, z_scored_reference == 0, 0.0)
         return z
 
     @property
     def model_space_padding(self) -> float:
         """The model-space value of the background, which padding must use."""
         return -1.0 if self.background == "floor" else 0.0
+
+
+def _filled(x, where, value: float):
+    """`x` with `value` where `where` is true (broadcast), for torch tensors and numpy arrays alike."""
+    if isinstance(x, np.ndarray):
+        return np.where(where, np.asarray(value, dtype=x.dtype), x)
+    return x.masked_fill(where, value)
 
 
 def setting_checker(where: str) -> Callable[[bool, str, Any, str], None]:

@@ -164,7 +164,8 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
     def _reconstruction_errors(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-slice L1 (in the denoiser's range) and SSIM inside the image's nonzero region."""
         reconstruction = self.reconstructor()(images)
-        a, b = self.settings.to_model_space(images.float()), self.settings.to_model_space(reconstruction.float())
+        a = self.settings.to_model_space(images.float())
+        b = self.settings.to_model_space(reconstruction.float(), images)
         mask = (images != 0).any(1, keepdim=True)
         l1 = masked_mean((a - b).abs(), mask)
         ssim = masked_mean(ssim_map(a, b, data_range=self.settings.ssim_data_range), mask)
