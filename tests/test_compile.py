@@ -11,6 +11,8 @@ import torch._dynamo as dynamo
 
 from tiny_plans import brain_like, tiny_denoiser, tiny_sadm_network
 
+pytestmark = pytest.mark.slow  # torch.compile traces and compiles: about a minute for the file on 2 cores
+
 BACKEND = "aot_eager"
 
 
