@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAPER_UNET, machine_info, now, prepare_workdir, versions  # noqa: E402
+from common import PAPER_UNET, machine_info, now, prepare_workdir, unet_setting, versions  # noqa: E402
 
 LESION = 2.0
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def denoiser_settings(unet: tuple[str, ...]):
     from sadm_nnunet.diffusion.settings import DiffusionSettings
 
-    return DiffusionSettings.from_dict({"unet": {k: int(v) for k, v in (item.split("=") for item in unet)}})
+    return DiffusionSettings.from_dict({"unet": dict(unet_setting(item) for item in unet)})
 
 
 def lesion_slices(n: int, size: tuple[int, int], device):
