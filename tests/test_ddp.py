@@ -92,6 +92,7 @@ def worker(rank: int, init_file: str, env: dict, plans: dict, sadm_plans: dict, 
     report["stage2_batch"] = [trainer.batch_size, trainer.oversample_foreground_percent]
     report["stage2_wrapped"] = isinstance(trainer.sadm_network(), SADMNetwork)
     report["stage2_dice"] = type(trainer.loss.loss.dc).__name__
+    report["stage2_dice_pads_to"] = trainer.loss.loss.dc.largest_rank_batch
     trainer.set_deep_supervision_enabled(True)
     dl_train, _ = trainer.get_dataloaders()
     trainer.on_train_epoch_start()
@@ -110,12 +111,13 @@ def dice_worker(rank: int, init_file: str, out: str):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     from nnunetv2.utilities.helpers import softmax_helper_dim1
 
-    from sadm_nnunet.training.ddp_dice import RankBatchSoftDiceLoss
+    from sadm_nnunet.training.ddp_dice import RankBatchSoftDiceLoss, largest_rank_batch
 
     x, y, mask = dice_batch()
     mine = slice(0, 5) if rank == 0 else slice(5, 9)  # nnU-Net's split of a batch of 9: 5 + 4
     x = x[mine].clone().requires_grad_(True)
     dice = RankBatchSoftDiceLoss(softmax_helper_dim1, batch_dice=True, do_bg=False, smooth=1e-5, ddp=True)
+    dice.largest_rank_batch = largest_rank_batch(9, WORLD)  # 5, as SADMTrainer._build_loss sets it
     loss = dice(x, y[mine]) + dice(x, y[mine], loss_mask=mask[mine])
     loss.backward()
     torch.save({"loss": loss.detach(), "grad": x.grad}, os.path.join(out, f"dice{rank}.pt"))
@@ -158,12 +160,12 @@ def test_rank_batch_dice_replaces_only_nnunets_memory_efficient_dice():
 
     kwargs = {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}
     loss = DC_and_CE_loss(kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss)
-    loss = with_rank_batch_dice(DeepSupervisionWrapper(loss, [1.0, 0.5]))
-    assert type(loss.loss.dc) is RankBatchSoftDiceLoss
+    loss = with_rank_batch_dice(DeepSupervisionWrapper(loss, [1.0, 0.5]), 5)
+    assert type(loss.loss.dc) is RankBatchSoftDiceLoss and loss.loss.dc.largest_rank_batch == 5
     x, y, _ = dice_batch()
     plain = DC_and_CE_loss(kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss)
     assert float(loss.loss(x, y)) == pytest.approx(float(plain(x, y)))  # without DDP: nnU-Net's forward
-    other = with_rank_batch_dice(DC_and_CE_loss(kwargs, {}, dice_class=SoftDiceLoss))
+    other = with_rank_batch_dice(DC_and_CE_loss(kwargs, {}, dice_class=SoftDiceLoss), 5)
     assert type(other.dc) is SoftDiceLoss
 
 
@@ -200,6 +202,7 @@ def test_ranks_hold_identical_weights_and_ema_after_training(ddp_run):
     assert r0["stage2_segmentation"] == pytest.approx(r1["stage2_segmentation"], rel=1e-6, abs=1e-6)
     assert r0["stage2_denoiser_unchanged"] and r1["stage2_denoiser_unchanged"]
     assert r0["stage2_dice"] == r1["stage2_dice"] == "RankBatchSoftDiceLoss"  # the 5 + 4 split needs it
+    assert r0["stage2_dice_pads_to"] == r1["stage2_dice_pads_to"] == 5
 
 
 def test_validation_metrics_are_gathered_over_ranks(ddp_run):

@@ -7,11 +7,12 @@ with unequal batches the collective mismatches: gloo aborts the first training s
 match expected size. 10 vs 8" for 5 vs 4 samples of one class), NCCL's behaviour is undefined. We pad each rank's
 batch with fully masked samples (loss mask 0) to the largest per-rank batch before calling nnU-Net's own forward:
 masked samples add nothing to the gathered sums, so the Dice over the global batch and its gradients are unchanged.
+The largest per-rank batch follows from the plans' batch size and the world size, once, so the loss adds no
+collective and no host synchronisation per call.
 """
 from __future__ import annotations
 
 import torch
-from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -19,15 +20,14 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 
 class RankBatchSoftDiceLoss(MemoryEfficientSoftDiceLoss):
-    """MemoryEfficientSoftDiceLoss whose DDP batch Dice works with any per-rank batch size."""
+    """MemoryEfficientSoftDiceLoss whose DDP batch Dice works with any per-rank batch size up to
+    `largest_rank_batch` (the first rank's share of nnU-Net's split, set by `with_rank_batch_dice`)."""
+
+    largest_rank_batch = 0
 
     def forward(self, x, y, loss_mask=None):
-        if not (self.ddp and self.batch_dice and dist.is_available() and dist.is_initialized()):
-            return super().forward(x, y, loss_mask)
-        largest = torch.tensor([x.shape[0]], device=x.device)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)  # every rank calls this once per loss call, like the gather
-        missing = int(largest.item()) - x.shape[0]
-        if missing == 0:
+        missing = self.largest_rank_batch - x.shape[0]
+        if not (self.ddp and self.batch_dice) or missing <= 0:
             return super().forward(x, y, loss_mask)
         if loss_mask is None:
             loss_mask = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
@@ -38,12 +38,19 @@ class RankBatchSoftDiceLoss(MemoryEfficientSoftDiceLoss):
         return super().forward(padded(x), padded(y), padded(loss_mask))
 
 
-def with_rank_batch_dice(loss):
+def largest_rank_batch(global_batch_size: int, world_size: int) -> int:
+    """The largest per-rank batch of nnU-Net's DDP split (the first ranks get the remainder)."""
+    return -(-global_batch_size // world_size)
+
+
+def with_rank_batch_dice(loss, largest: int):
     """nnU-Net's training loss (as `nnUNetTrainer._build_loss` builds it) with its MemoryEfficientSoftDiceLoss made
-    a RankBatchSoftDiceLoss, in place; other Dice classes are left alone."""
+    a RankBatchSoftDiceLoss that pads every rank's batch to `largest` samples, in place; other Dice classes are left
+    alone."""
     holder = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
     dice = getattr(holder, "dc", None)
     dice = dice._orig_mod if isinstance(dice, OptimizedModule) else dice
     if type(dice) is MemoryEfficientSoftDiceLoss:
         dice.__class__ = RankBatchSoftDiceLoss
+        dice.largest_rank_batch = largest
     return loss

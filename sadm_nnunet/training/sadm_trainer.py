@@ -13,6 +13,7 @@ The SADM settings come from the configuration's `sadm` block, which `sadm_nnunet
 from __future__ import annotations
 
 import torch
+from torch import distributed as dist
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 
@@ -25,7 +26,7 @@ from sadm_nnunet.segmentation.network import SADMNetwork, build_sadm_network
 from sadm_nnunet.segmentation.settings import SADMSettings
 from sadm_nnunet.segmentation.stage1 import load_stage1_denoiser, model_folder
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
-from sadm_nnunet.training.ddp_dice import with_rank_batch_dice
+from sadm_nnunet.training.ddp_dice import largest_rank_batch, with_rank_batch_dice
 from sadm_nnunet.training.synthetic_anomalies import SyntheticAnomalyTransform
 from sadm_nnunet.training.trainer_base import SADMTrainerMixin
 
@@ -81,7 +82,9 @@ class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
 
     def _build_loss(self):
         # nnU-Net's loss; its DDP batch Dice needs equal per-rank batch sizes, which nnU-Net's split does not give
-        return with_rank_batch_dice(super()._build_loss())
+        world = dist.get_world_size() if self.is_ddp else 1
+        return with_rank_batch_dice(super()._build_loss(),
+                                    largest_rank_batch(self.configuration_manager.batch_size, world))
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
