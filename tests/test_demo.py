@@ -36,7 +36,7 @@ def test_quick_demo_table_has_numbers_for_every_row(demo):
     output, _ = demo
     results = json.loads((output / "results.json").read_text())
     reports = results["reports"]
-    assert set(reports) == {"unsupervised", "nnunet", "sadm", "sadm_segmentation"}
+    assert set(reports) == {"unsupervised", "nnunet", "sadm", "sadm_segmentation", "late_fusion"}
     for method, sets in reports.items():
         assert set(sets) == {"tumour", "stroke", "healthy"}
         for s, report in sets.items():
@@ -50,7 +50,7 @@ def test_quick_demo_table_has_numbers_for_every_row(demo):
     assert reports["nnunet"]["tumour"]["mean"]["best_dice"] > 0.3
     assert reports["sadm"]["tumour"]["mean"]["best_dice"] > 0.3
     table = (output / "results.md").read_text()
-    assert table.count("\n") == 2 + 4 and "nan" not in table.lower()
+    assert table.count("\n") == 2 + 5 and "nan" not in table.lower()
     for kind in ("tumour", "stroke"):
         sheet = Image.open(output / "figures" / kind / "contact_sheet.png")
         assert sheet.format == "PNG" and sheet.size == contact_sheet_size(len(reports["sadm"][kind]["per_case"]))
@@ -60,11 +60,11 @@ def test_quick_demo_table_has_numbers_for_every_row(demo):
     assert Image.open(picture).size == reconstruction_figure_size(3)
     # one name for one thing: CASE_score in every score folder, its beta recorded beside it
     scores = output / "scores"
-    folders = {"sadm": 0.5, "sadm_segmentation": 0.0, "nnunet": 0.0}
+    folders = {"sadm": 0.5, "sadm_segmentation": 0.0, "nnunet": 0.0, "late_fusion": 0.5}
     for folder, beta in folders.items():
         assert json.loads((scores / folder / "score_settings.json").read_text())["beta"] == beta
     cases = [sorted(p.name for p in (scores / folder).glob("*_score.nii.gz")) for folder in folders]
-    assert len(cases[0]) > len(reports["sadm"]["tumour"]["per_case"]) and cases[0] == cases[1] == cases[2]
+    assert len(cases[0]) > len(reports["sadm"]["tumour"]["per_case"]) and cases[0] == cases[1] == cases[2] == cases[3]
     assert not list(scores.rglob("*_probability.nii.gz"))
     # the real nnU-Net commands ran: every command step records its command line
     ran = {p.stem: json.loads(p.read_text()).get("argv") for p in (output / "steps").glob("*.json")}

@@ -14,7 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from sadm_nnunet.commands.evaluate import main as evaluate_main
 from sadm_nnunet.evaluation import (METRICS, EvaluationError, RankedCase, auroc, average_precision, best_dice,
-                                    case_metrics, choose_threshold, dice_at, evaluate, fraction_above, summarise)
+                                    case_metrics, choose_threshold, dice_at, evaluate, fraction_above, summarise,
+                                    threshold_at_fpr)
 
 
 # --- independent reference computations ------------------------------------------------------------------------
@@ -143,6 +144,55 @@ def test_threshold_does_not_depend_on_the_evaluated_cases():
     assert choose_threshold(list(test_b.values()))[0] != report_b["threshold"]
     with pytest.raises(EvaluationError, match=r"both evaluated and used to choose the threshold: test0"):
         evaluate(test_a, {"test0": validation["val0"]})
+
+
+def test_threshold_at_false_positive_rate_by_hand():
+    healthy = [RankedCase.from_volume(np.arange(100.0) / 100, np.zeros(100))]  # scores 0.00 .. 0.99
+    assert threshold_at_fpr(healthy, 0.01) == 0.99  # flags 1 voxel of 100
+    assert threshold_at_fpr(healthy, 0.05) == 0.95  # flags 5 (0.95 .. 0.99)
+    assert threshold_at_fpr(healthy, 0.0) > 0.99 and fraction_above(healthy[0], threshold_at_fpr(healthy, 0.0)) == 0
+    # the highest 10 of 200 pooled voxels tie with 10 lower ones: 5% would split the tie, so the threshold moves up
+    tied = [RankedCase.from_volume(np.r_[np.zeros(80), np.full(20, 0.5)], np.zeros(100)),
+            RankedCase.from_volume(np.r_[np.zeros(99), [0.9]], np.zeros(100))]
+    assert threshold_at_fpr(tied, 0.05) == 0.9
+    assert threshold_at_fpr(tied, 0.105) == 0.5  # 21 allowed: all 20 tied voxels and the 0.9 one
+    with pytest.raises(EvaluationError, match="have reference voxels"):
+        threshold_at_fpr([RankedCase.from_volume(np.array([0.1, 0.2]), np.array([0, 1]))], 0.01)
+    with pytest.raises(EvaluationError, match=r"must lie in \[0, 1\); found 1.5"):
+        threshold_at_fpr(healthy, 1.5)
+
+
+def test_false_positive_rate_thresholds_come_from_healthy_validation_brains_only():
+    """The test brains cannot move a threshold chosen at a false-positive rate: only the healthy validation brains
+    decide it; the metrics at it are the Dice of each evaluated case and, for healthy cases, the flagged fraction."""
+    rng = np.random.default_rng(5)
+    healthy_validation = {f"hv{i}": RankedCase.from_volume(rng.random(400), np.zeros(400)) for i in range(2)}
+    ref = rng.random(300) < 0.1
+    lesion_scores = rng.random(300) + 0.5 * ref
+    lesion = RankedCase.from_volume(lesion_scores, ref)
+    healthy_test = RankedCase.from_volume(rng.random(300), np.zeros(300))
+    report = evaluate({"lesion": lesion, "healthy": healthy_test}, healthy_validation=healthy_validation)
+    expected = {k: threshold_at_fpr(list(healthy_validation.values()), r)
+                for r, k in ((0.01, "dice_at_fpr1"), (0.05, "dice_at_fpr5"))}
+    assert {k: v["threshold"] for k, v in report["fpr_thresholds"].items()} == expected
+    assert report["healthy_validation_cases"] == ["hv0", "hv1"]
+    t5 = expected["dice_at_fpr5"]
+    assert report["per_case"]["lesion"]["dice_at_fpr5"] == pytest.approx(brute_dice(lesion_scores, ref, t5))
+    pooled = np.concatenate([c.scores for c in healthy_validation.values()])
+    assert np.mean(pooled >= t5) <= 0.05 and np.mean(pooled >= np.max(pooled[pooled < t5])) > 0.05  # lowest such
+    assert report["per_case"]["healthy"]["fpr_healthy_at_fpr5"] == fraction_above(healthy_test, t5)
+    assert report["per_case"]["lesion"]["fpr_healthy_at_fpr5"] is None
+    assert report["mean"]["dice_at_fpr1"] == report["per_case"]["lesion"]["dice_at_fpr1"]
+    # other test brains (scores shifted and scaled, a brain flagged everywhere) leave the thresholds unchanged
+    other = {"lesion": RankedCase(lesion.scores * 5 + 2, lesion.positives * 5 + 2),
+             "hot": RankedCase.from_volume(np.full(300, 0.999), np.zeros(300))}
+    assert evaluate(other, healthy_validation=healthy_validation)["fpr_thresholds"] == report["fpr_thresholds"]
+    # ... while other healthy validation brains move them
+    moved = {"hv0": RankedCase(healthy_validation["hv0"].scores * 0.5, healthy_validation["hv0"].positives)}
+    assert evaluate(other, healthy_validation=moved)["fpr_thresholds"] != report["fpr_thresholds"]
+    with pytest.raises(EvaluationError, match=r"false-positive-rate thresholds: healthy"):
+        evaluate({"healthy": healthy_test}, healthy_validation={"healthy": healthy_test})
+    assert "dice_at_fpr1" not in evaluate({"lesion": lesion})["mean"]
 
 
 def test_without_validation_no_threshold_metrics():

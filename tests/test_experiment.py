@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -12,13 +13,14 @@ import pytest
 
 from conftest import HEALTHY_T1
 from sadm_nnunet.datasets.healthy_cohort import load_brains
-from sadm_nnunet.experiment.cohort import HEALTHY, VALIDATION, CohortSpec, build_cohort, load_cohort, resample_brain
+from sadm_nnunet.experiment.cohort import (HEALTHY, HEALTHY_VALIDATION, VALIDATION, CohortSpec, build_cohort,
+                                           load_cohort, resample_brain)
 from sadm_nnunet.experiment.pipeline import ExperimentSpec, results_table
 from sadm_nnunet.experiment.steps import StepFailed, Steps
 
 SPEC = CohortSpec(name="T", healthy_id=701, labelled_id=702, seen_kind="tumour", unseen_kinds=("stroke",),
-                  num_healthy=2, num_labelled=2, num_validation=1, num_test=2, num_healthy_test=1, zoom=0.5,
-                  spacing=6.0, deformation=1.0, seed=4)
+                  num_healthy=2, num_labelled=2, num_validation=1, num_test=2, num_healthy_test=1, num_healthy_validation=1,
+                  zoom=0.5, spacing=6.0, deformation=1.0, seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,8 @@ def test_cohort_layout_labels_and_geometry(cohort, brains):
     assert json.loads((labelled / "dataset.json").read_text())["labels"] == {"background": 0, "lesion": 1}
     assert json.loads((healthy / "dataset.json").read_text())["labels"] == {"background": 0, "brain": 1}
     assert cohort.sets == {VALIDATION: ["validation_000"], "tumour": ["tumour_000", "tumour_001"],
-                           "stroke": ["stroke_000", "stroke_001"], HEALTHY: ["healthy_000"]}
+                           "stroke": ["stroke_000", "stroke_001"], HEALTHY: ["healthy_000"],
+                           HEALTHY_VALIDATION: ["healthy_validation_000"]}
     for s, cases in cohort.sets.items():
         for case in cases:
             image = nib.load(cohort.images / f"{case}_0000.nii.gz")
@@ -49,13 +52,13 @@ def test_cohort_layout_labels_and_geometry(cohort, brains):
             assert image.shape == label.shape and np.allclose(image.header.get_zooms(), 6.0)
             brain = np.asarray(image.dataobj) != 0
             # lesion sets carry a lesion inside the brain; healthy test brains have an empty label
-            assert (label.sum() > 0) == (s != HEALTHY)
+            assert (label.sum() > 0) == (s not in (HEALTHY, HEALTHY_VALIDATION))
             assert (label.astype(bool) & ~brain).sum() <= 0.05 * label.sum()
     manifest = json.loads((cohort.evaluation / "manifest.json").read_text())
     assert set(manifest["test_brains"]) == {b[0] for b in brains[1]}
     # evaluation subjects come from the test brains only
     evaluation_sources = {r["source_brain"] for r in manifest["cases"].values()
-                          if r["set"] in (VALIDATION, "tumour", "stroke", HEALTHY)}
+                          if r["set"] in (VALIDATION, "tumour", "stroke", HEALTHY, HEALTHY_VALIDATION)}
     assert evaluation_sources <= {b[0] for b in brains[1]}
 
 
@@ -71,13 +74,17 @@ def test_cohort_is_reproducible_and_reloadable(cohort, brains, tmp_path, capsys)
     for path in leftovers:
         path.parent.mkdir(parents=True)
         path.write_bytes(b"half")
-    again = build_cohort(SPEC, *brains, tmp_path / "raw", tmp_path / "evaluation")
+    # without the healthy validation set: every other set's subjects stay the same (it is drawn after them)
+    without = replace(SPEC, num_healthy_validation=0)
+    again = build_cohort(without, *brains, tmp_path / "raw", tmp_path / "evaluation")
     assert "Removed 2 temporary file(s)" in capsys.readouterr().out and not any(p.exists() for p in leftovers)
-    for case in ("tumour_001", "stroke_000"):
+    assert HEALTHY_VALIDATION not in again.sets
+    for case in ("tumour_001", "stroke_000", "validation_000", "healthy_000"):
         a = np.asarray(nib.load(cohort.images / f"{case}_0000.nii.gz").dataobj)
         b = np.asarray(nib.load(again.images / f"{case}_0000.nii.gz").dataobj)
         np.testing.assert_array_equal(a, b)
-    assert load_cohort(SPEC, tmp_path / "raw", tmp_path / "evaluation").sets == again.sets
+    assert load_cohort(without, tmp_path / "raw", tmp_path / "evaluation").sets == again.sets
+    assert load_cohort(SPEC, tmp_path / "raw", tmp_path / "evaluation") is None  # another specification
     other = CohortSpec(**{**SPEC.__dict__, "seed": 5})
     assert load_cohort(other, tmp_path / "raw", tmp_path / "evaluation") is None
 
@@ -120,7 +127,7 @@ def test_results_table_rows_and_columns():
     reports = {m.key: {s: {"mean": metrics} for s in SPEC.test_sets} for m in spec.methods()}
     text = results_table(spec, reports)
     lines = text.splitlines()
-    assert len(lines) == 2 + 5
+    assert len(lines) == 2 + 6
     assert lines[0].startswith("| method | tumour (seen): ⌈Dice⌉ | AUPRC | Dice@thr | stroke (unseen): ⌈Dice⌉")
     assert lines[0].endswith("| healthy: FPR |")
     assert "| nnU-Net, image only | 0.500 | 0.250 | n/a | 0.500 | 0.250 | n/a | 0.125 |" in lines
@@ -160,3 +167,31 @@ def test_segmentation_scores_are_the_beta_0_score_in_the_brain(tmp_path):
     np.testing.assert_allclose(np.asarray(written.dataobj), np.where(image != 0, p, 0), atol=1e-6)
     assert p[1:3, 1:3, 1:7].any()  # the notch had probability, and the score is 0 there
     assert not list(out.glob("*_probability*"))
+
+
+def test_late_fusion_is_the_same_beta_on_plain_nnunet_probability(tmp_path):
+    """write_late_fusion: beta * CASE_unsupervised (from sadm_nnunet_score's folder, with its beta) + (1 - beta) *
+    a segmentation's beta-0 CASE_score, in the maps' geometry; a component filter or other geometry is refused."""
+    from sadm_nnunet.experiment.pipeline import write_late_fusion
+
+    unsupervised, segmentation, out = tmp_path / "sadm", tmp_path / "nnunet", tmp_path / "late"
+    rng = np.random.default_rng(2)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    u, p = rng.random((5, 6, 7)).astype(np.float32), rng.random((5, 6, 7)).astype(np.float32)
+    for folder, name, volume in ((unsupervised, "c0_unsupervised", u), (segmentation, "c0_score", p)):
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(volume, affine), folder / f"{name}.nii.gz")
+    (unsupervised / "score_settings.json").write_text(json.dumps({"beta": 0.7, "min_component_size": 0}))
+    (segmentation / "score_settings.json").write_text(json.dumps({"beta": 0.0, "cases": ["c0"]}))
+    assert write_late_fusion(unsupervised, segmentation, out) == 1
+    fused = nib.load(out / "c0_score.nii.gz")
+    np.testing.assert_allclose(np.asarray(fused.dataobj), 0.7 * u + 0.3 * p, atol=1e-6)
+    np.testing.assert_allclose(fused.affine, affine)
+    assert json.loads((out / "score_settings.json").read_text())["beta"] == 0.7
+    (unsupervised / "score_settings.json").write_text(json.dumps({"beta": 0.5, "min_component_size": 20}))
+    with pytest.raises(ValueError, match="min_component_size 20"):
+        write_late_fusion(unsupervised, segmentation, tmp_path / "late2")
+    (unsupervised / "score_settings.json").write_text(json.dumps({"beta": 0.5, "min_component_size": 0}))
+    nib.save(nib.Nifti1Image(p[:4], affine), segmentation / "c0_score.nii.gz")
+    with pytest.raises(ValueError, match=r"c0: the unsupervised map \(\(5, 6, 7\)\) and the segmentation score"):
+        write_late_fusion(unsupervised, segmentation, tmp_path / "late3")

@@ -1,6 +1,7 @@
 """The comparison cohort: healthy subjects for stage I, a small labelled set of one lesion kind for stage II, and the
-evaluation sets (a labelled validation set of the seen kind, for thresholds; test sets of the seen kind, of kinds
-never labelled, and of healthy brains).
+evaluation sets (a labelled validation set of the seen kind, for thresholds; optionally a set of healthy validation
+brains, for thresholds at fixed false-positive rates; test sets of the seen kind, of kinds never labelled, and of
+healthy brains).
 
 Every subject is a random variation of a source brain (`random_subject`: rotation, scaling, smooth deformation, bias
 field, gamma) with at most one synthetic lesion (`generate_lesion`). Training subjects come from `training_brains`;
@@ -30,6 +31,8 @@ from sadm_nnunet.nifti_checks import save_nifti
 Brain = tuple[str, np.ndarray, np.ndarray]  # (name, image, brain mask)
 VALIDATION = "validation"
 HEALTHY = "healthy"
+HEALTHY_VALIDATION = "healthy_validation"  # healthy brains that only choose thresholds at fixed false-positive rates
+HEALTHY_VALIDATION_SET_INDEX = 100  # after every other set, so that adding it leaves their subjects unchanged
 MANIFEST = "manifest.json"
 
 
@@ -47,6 +50,7 @@ class CohortSpec:
     num_validation: int = 3
     num_test: int = 4
     num_healthy_test: int = 2
+    num_healthy_validation: int = 0
     zoom: float = 1.0
     spacing: float = 4.0
     deformation: float = 1.5
@@ -141,6 +145,9 @@ def build_cohort(spec: CohortSpec, training_brains: list[Brain], test_brains: li
                                                                                        *spec.unseen_kinds))]
     if spec.num_healthy_test:
         plan.append((HEALTHY, 4 + len(spec.unseen_kinds) + 1, spec.num_healthy_test, None, test_brains))
+    if spec.num_healthy_validation:
+        plan.append((HEALTHY_VALIDATION, HEALTHY_VALIDATION_SET_INDEX, spec.num_healthy_validation, None,
+                     test_brains))
     total = sum(p[2] for p in plan)
     with tqdm(total=total, desc="cohort", unit="case") as bar:
         for what, set_index, count, kind, brains in plan:
@@ -153,7 +160,7 @@ def build_cohort(spec: CohortSpec, training_brains: list[Brain], test_brains: li
                     write_case(labelled_folder, case, image, label, spec.spacing)
                 else:
                     case = f"{what}_{k:03d}"
-                    if what == HEALTHY:
+                    if what in (HEALTHY, HEALTHY_VALIDATION):
                         label = np.zeros(image.shape, np.uint8)
                     _write_evaluation_case(cohort, what, case, image, label)
                     cohort.sets.setdefault(what, []).append(case)

@@ -10,8 +10,11 @@ small labelled set, prediction, scoring and evaluation on seen, unseen and healt
 Methods (rows): the unsupervised reconstruction baseline (1 - SSIM between image and the stage-I reconstruction,
 median filtered: sadm_nnunet_score's CASE_unsupervised), nnU-Net on the image alone (its foreground probability),
 SADM (the fused score of sadm_nnunet_score: beta * unsupervised + (1 - beta) * SADM's foreground probability),
-SADM's segmentation alone (its foreground probability), and optionally SADM trained self-supervised on synthetic
-anomalies only (SADMTrainer_DRAEM, fused score). Every step is resumable (`steps.Steps`).
+SADM's segmentation alone (its foreground probability), the late-fusion control (plain nnU-Net's probability fused
+with the same unsupervised map and the same beta: what a user could build without stage II), and optionally SADM
+trained self-supervised on synthetic anomalies only (SADMTrainer_DRAEM, fused score). When the cohort has healthy
+validation brains, every method also gets thresholds at fixed false-positive rates chosen on them
+(`evaluation.FPR_RATES`). Every step is resumable (`steps.Steps`).
 
 Score files follow sadm_nnunet_score's names: a folder under scores/ holds CASE_score for one beta, recorded in its
 score_settings.json. A segmentation's foreground probability is the beta-0 score, so plain nnU-Net's maps are
@@ -27,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from sadm_nnunet.experiment.cohort import HEALTHY, VALIDATION, Cohort, CohortSpec, build_cohort, load_cohort
+from sadm_nnunet.experiment.cohort import (HEALTHY, HEALTHY_VALIDATION, VALIDATION, Cohort, CohortSpec, build_cohort,
+                                           load_cohort)
 from sadm_nnunet.experiment.steps import Steps, clean_env
 from sadm_nnunet.io_utils import write_json_atomic
 
@@ -64,7 +68,8 @@ class ExperimentSpec:
         rows = [Method("unsupervised", "Unsupervised reconstruction (1 - SSIM)", "sadm", "_unsupervised"),
                 Method("nnunet", "nnU-Net, image only", "nnunet", "_score"),
                 Method("sadm", "SADM, image + residual (fused score)", "sadm", "_score"),
-                Method("sadm_segmentation", "SADM, segmentation output only", "sadm_segmentation", "_score")]
+                Method("sadm_segmentation", "SADM, segmentation output only", "sadm_segmentation", "_score"),
+                Method("late_fusion", "nnU-Net + unsupervised map (late fusion, same β)", "late_fusion", "_score")]
         if self.draem_trainer:
             rows.append(Method("sadm_draem", "SADM self-supervised (DRAEM anomalies, fused)", "sadm_draem",
                                "_score"))
@@ -106,6 +111,36 @@ def write_segmentation_scores(predictions: Path, images: Path, out: Path) -> int
     return len(cases)
 
 
+def write_late_fusion(unsupervised: Path, segmentation: Path, out: Path) -> int:
+    """The late-fusion control: out/CASE_score = beta * unsupervised/CASE_unsupervised + (1 - beta) *
+    segmentation/CASE_score, with the beta and the brain restriction of sadm_nnunet_score's output folder
+    `unsupervised` (its score_settings.json) and a segmentation's beta-0 scores (`write_segmentation_scores`).
+    Refused when that folder's scores also remove small components: the control would then differ from SADM's
+    fused score in more than the segmentation network."""
+    import nibabel as nib
+
+    from sadm_nnunet.anomaly_maps import fused_score
+    from sadm_nnunet.commands.score import SETTINGS_FILE
+    from sadm_nnunet.nifti_checks import save_nifti
+
+    settings = json.loads((unsupervised / SETTINGS_FILE).read_text())
+    if settings.get("min_component_size", 0) > 1:
+        raise ValueError(f"{unsupervised / SETTINGS_FILE}: min_component_size {settings['min_component_size']}; "
+                         f"the late-fusion control supports 0 or 1 (no component filter) only")
+    cases = json.loads((segmentation / SETTINGS_FILE).read_text())["cases"]
+    for case in cases:
+        u, p = (nib.load(str(f)) for f in (unsupervised / f"{case}_unsupervised.nii.gz",
+                                           segmentation / f"{case}_score.nii.gz"))
+        if u.shape != p.shape or not np.allclose(u.affine, p.affine):
+            raise ValueError(f"{case}: the unsupervised map ({u.shape}) and the segmentation score ({p.shape}) have "
+                             f"different geometry")
+        save_nifti(fused_score(u.get_fdata(dtype=np.float32), p.get_fdata(dtype=np.float32), settings["beta"]),
+                   u.affine, out / f"{case}_score.nii.gz")
+    write_json_atomic({"unsupervised": str(unsupervised), "segmentation": str(segmentation),
+                       "beta": settings["beta"], "cases": cases}, out / SETTINGS_FILE)
+    return len(cases)
+
+
 def reconstruction_figure(cohort: Cohort, maps: Path, out: Path) -> Path:
     """Input, stage I's reconstruction and its 1 - SSIM map for the first case of each test set (healthy first),
     from sadm_nnunet_score's output folder `maps`."""
@@ -130,7 +165,8 @@ def evaluate_method(cohort: Cohort, method: Method, scores_root: Path) -> dict:
                                 cohort.images) for case in cohort.sets[evaluation_set]}
 
     validation = ranked(VALIDATION)
-    return {evaluation_set: evaluate(ranked(evaluation_set), validation)
+    healthy_validation = ranked(HEALTHY_VALIDATION) if cohort.sets.get(HEALTHY_VALIDATION) else None
+    return {evaluation_set: evaluate(ranked(evaluation_set), validation, healthy_validation=healthy_validation)
             for evaluation_set in cohort.spec.test_sets}
 
 
@@ -171,7 +207,7 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
     if spec.draem_trainer:
         models.append(("sadm_draem", SADM_CONFIGURATION, spec.draem_trainer))
     sadm_models = [m for m in models if m[1] == SADM_CONFIGURATION]
-    total = 5 + 2 * len(models) + len(sadm_models) + 2 + int(spec.figures)
+    total = 5 + 2 * len(models) + len(sadm_models) + 3 + int(spec.figures)
     steps = Steps(workdir, env, total, out)
 
     def fold_folder(dataset: str, trainer: str, configuration: str, fold: str) -> Path:
@@ -224,6 +260,9 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
     steps.python("segmentation_scores", "Segmentation scores (beta 0: the foreground probability in the brain)",
                  lambda: {key: write_segmentation_scores(predictions / key, cohort.images, folder)
                           for key, folder in segmentation_scores.items()})
+    steps.python("late_fusion", "Late fusion: nnU-Net's probability with the same unsupervised map and beta",
+                 lambda: {"cases": write_late_fusion(scores / "sadm", segmentation_scores["nnunet"],
+                                                     scores / "late_fusion")})
 
     def evaluate_all() -> dict:
         reports = {m.key: evaluate_method(cohort, m, scores) for m in spec.methods()}
