@@ -13,14 +13,18 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -e ".[test]"
 
+# Two worker processes, one test file each at a time (a file's tests share its trained models): the trainings in
+# the tests run single-threaded, so two cores run two files.
+PYTEST = $(BIN)/python -m pytest -q --durations=12 -n 2 --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q --durations=12 tests
+	$(PYTEST) tests
 
 # Without the tests marked `slow` (nnU-Net trainings and predictions, the demo, the benchmarks' quick runs; see
 # pytest.ini). Installs only when the package is not installed yet.
 test-fast: $(BIN)/python
-	@$(BIN)/python -c "import sadm_nnunet, pytest" 2>/dev/null || $(MAKE) install
-	$(BIN)/python -m pytest -q -m "not slow" --durations=12 tests
+	@$(BIN)/python -c "import sadm_nnunet, pytest, xdist" 2>/dev/null || $(MAKE) install
+	$(PYTEST) -m "not slow" tests
 
 demo: install
 	$(BIN)/sadm_nnunet_demo

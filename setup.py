@@ -94,8 +94,9 @@ setup(
         # sadm_nnunet_demo builds its cohort from the MNI152 template that ships inside the nilearn wheel.
         "nilearn>=0.10",
     ],
-    # scikit-learn: independent reference implementation of AUPRC/AUROC that the evaluation tests compare against.
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2"]},
+    # scikit-learn: independent reference implementation of AUPRC/AUROC that the evaluation tests compare against;
+    # pytest-xdist: `make test` runs the test files in two processes (the trainings are single-threaded).
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.2"]},
     cmdclass={"build_py": BuildPyWithStartupHook, "editable_wheel": EditableWheelWithStartupHook},
     entry_points={
         "console_scripts": [
