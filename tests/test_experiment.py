@@ -85,6 +85,12 @@ def test_cohort_is_reproducible_and_reloadable(cohort, brains, tmp_path, capsys)
         np.testing.assert_array_equal(a, b)
     assert load_cohort(without, tmp_path / "raw", tmp_path / "evaluation").sets == again.sets
     assert load_cohort(SPEC, tmp_path / "raw", tmp_path / "evaluation") is None  # another specification
+    # a manifest from before num_healthy_validation existed still loads (the field's default, 0, is implied)
+    manifest = tmp_path / "evaluation" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    del recorded["spec"]["num_healthy_validation"]
+    manifest.write_text(json.dumps(recorded))
+    assert load_cohort(without, tmp_path / "raw", tmp_path / "evaluation").sets == again.sets
     other = CohortSpec(**{**SPEC.__dict__, "seed": 5})
     assert load_cohort(other, tmp_path / "raw", tmp_path / "evaluation") is None
 
@@ -195,3 +201,19 @@ def test_late_fusion_is_the_same_beta_on_plain_nnunet_probability(tmp_path):
     nib.save(nib.Nifti1Image(p[:4], affine), segmentation / "c0_score.nii.gz")
     with pytest.raises(ValueError, match=r"c0: the unsupervised map \(\(5, 6, 7\)\) and the segmentation score"):
         write_late_fusion(unsupervised, segmentation, tmp_path / "late3")
+
+
+def test_demo_folder_from_before_a_new_cohort_field_resumes_and_other_settings_are_named(tmp_path):
+    """A demo output folder records its settings; one written before `num_healthy_validation` existed still
+    resumes, and a folder of other settings is refused with the settings that differ named."""
+    from sadm_nnunet.commands.demo import check_output_folder, experiment_spec
+
+    spec = experiment_spec("quick", "cpu")
+    check_output_folder(tmp_path, spec)  # records
+    recorded_file = tmp_path / "demo_settings.json"
+    recorded = json.loads(recorded_file.read_text())
+    del recorded["cohort"]["num_healthy_validation"]
+    recorded_file.write_text(json.dumps(recorded))
+    check_output_folder(tmp_path, spec)  # the field's default is implied: accepted
+    with pytest.raises(SystemExit, match=r"these differ: cohort, denoiser_overrides"):
+        check_output_folder(tmp_path, experiment_spec("default", "cpu"))

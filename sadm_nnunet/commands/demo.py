@@ -103,17 +103,20 @@ def experiment_spec(mode: str, device: str):
 
 def check_output_folder(output: Path, spec) -> None:
     """A work folder holds one demo: refuse to mix runs of different settings in it."""
+    from sadm_nnunet.experiment.cohort import recorded_spec
     from sadm_nnunet.io_utils import write_json_atomic
 
     recorded_file = output / "demo_settings.json"
     settings = json.loads(json.dumps(spec.__dict__, default=lambda v: v.__dict__))
     if recorded_file.is_file():
         recorded = json.loads(recorded_file.read_text())
+        recorded["cohort"] = recorded_spec(recorded.get("cohort", {}))
         if recorded != settings:
+            differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
             raise SystemExit(f"{output} holds a demo run with other settings ({recorded_file}: mode "
                              f"{recorded.get('extra', {}).get('mode')!r}, device {recorded.get('device')!r}); "
-                             f"found {settings['extra']['mode']!r} on {settings['device']!r}. Use another "
-                             f"--output or delete the folder.")
+                             f"found {settings['extra']['mode']!r} on {settings['device']!r}, and these differ: "
+                             f"{', '.join(differ)}. Use another --output or delete the folder.")
     else:
         write_json_atomic(settings, recorded_file)
 

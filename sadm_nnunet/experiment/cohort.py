@@ -16,7 +16,7 @@ images/ (every evaluation case, CASE_0000.nii.gz) and labels/<set>/CASE.nii.gz; 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -175,12 +175,18 @@ def build_cohort(spec: CohortSpec, training_brains: list[Brain], test_brains: li
     return cohort
 
 
+def recorded_spec(recorded: dict) -> dict:
+    """A CohortSpec recorded as JSON, with the defaults of fields added since (a cohort written before a field
+    existed was generated as with its default)."""
+    return {**json.loads(json.dumps({f.name: f.default for f in fields(CohortSpec)})), **recorded}
+
+
 def load_cohort(spec: CohortSpec, raw_folder: Path, evaluation_folder: Path) -> Cohort | None:
     """The cohort written earlier by `build_cohort` with the same spec, or None (missing or different spec)."""
     manifest = Path(evaluation_folder) / MANIFEST
     if not manifest.is_file():
         return None
     recorded = json.loads(manifest.read_text())
-    if recorded.get("spec") != json.loads(json.dumps(asdict(spec))):
+    if recorded_spec(recorded.get("spec", {})) != json.loads(json.dumps(asdict(spec))):
         return None
     return Cohort(spec, Path(raw_folder), Path(evaluation_folder), recorded["sets"])
