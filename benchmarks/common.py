@@ -161,6 +161,7 @@ def write_report(results: dict, table: str, output: Path | None) -> None:
     print()
     print(table)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        from sadm_nnunet.io_utils import write_json_atomic
+
+        write_json_atomic(json.loads(json.dumps(results, default=str)), output)  # a killed run keeps the last file
         print(f"\nResults written to {output}")

@@ -258,7 +258,9 @@ def record(path: Path | None, result: dict) -> None:
         return
     records = json.loads(path.read_text()) if path.is_file() else []
     records = [r for r in records if r["name"] != result["name"]] + [result]
-    path.write_text(json.dumps(records, indent=1) + "\n")
+    from sadm_nnunet.io_utils import write_json_atomic
+
+    write_json_atomic(records, path)
 
 
 if __name__ == "__main__":

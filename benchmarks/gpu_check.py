@@ -36,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PAPER_UNET, machine_info, now, prepare_workdir, unet_setting, versions  # noqa: E402
 
+from sadm_nnunet.io_utils import write_json_atomic  # noqa: E402
+
 LESION = 2.0
 
 
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["runtime_s"] = time.perf_counter() - started
             if device.type == "cuda":
                 report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-            args.output.write_text(json.dumps(report, indent=1, default=str))
+            write_json_atomic(json.loads(json.dumps(report, default=str)), args.output)
     finally:
         if tmp is not None:
             tmp.cleanup()
