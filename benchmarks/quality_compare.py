@@ -18,8 +18,10 @@ import statistics
 from pathlib import Path
 
 KINDS_METRICS = (("tumour", "best_dice"), ("tumour", "dice_at_threshold"), ("ms", "best_dice"),
-                 ("stroke", "best_dice"), ("stroke", "auprc"), ("healthy", "fpr_healthy"))
-SHORT = {"best_dice": "⌈Dice⌉", "dice_at_threshold": "Dice@thr", "auprc": "AUPRC", "fpr_healthy": "FPR"}
+                 ("stroke", "best_dice"), ("stroke", "auprc"), ("healthy", "fpr_healthy"), ("tumour", "dice_at_fpr5"),
+                 ("stroke", "dice_at_fpr5"))
+SHORT = {"best_dice": "⌈Dice⌉", "dice_at_threshold": "Dice@thr", "auprc": "AUPRC", "fpr_healthy": "FPR",
+         "dice_at_fpr5": "Dice@5%FPR"}
 
 
 def per_seed_values(run: dict, method: str, kind: str, metric: str) -> dict[str, float]:
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="JSON of the base run")
     parser.add_argument("variants", nargs="+", metavar="NAME=JSON", help="JSON of a variant, with a row label")
-    parser.add_argument("--methods", nargs="+", default=["sadm", "sadm_segmentation", "nnunet", "unsupervised"])
+    parser.add_argument("--methods", nargs="+",
+                        default=["sadm", "sadm_segmentation", "nnunet", "late_fusion", "unsupervised"])
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
 
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     table, numbers = compare(base, variants, tuple(args.methods))
     print(table)
     if args.output:
-        args.output.write_text(table + "\n")
+        from sadm_nnunet.io_utils import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(table + "\n")
     return numbers
 
 

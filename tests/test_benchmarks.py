@@ -169,4 +169,4 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
                     - results["per_seed"]["0"]["sadm"]["stroke"]["mean"]["best_dice"])
         assert numbers[name]["sadm"]["stroke/best_dice"]["diffs"]["0"] == pytest.approx(expected)
     table = (tmp_path / "comparison.md").read_text().splitlines()
-    assert table[0].startswith("| run | method | seeds | tumour ⌈Dice⌉") and len(table) == 2 + 3 * 4 + 2
+    assert table[0].startswith("| run | method | seeds | tumour ⌈Dice⌉") and len(table) == 2 + 3 * 5 + 2
