@@ -27,7 +27,8 @@ run's on the same subjects:
                              SADM is trained again;
   --set-denoiser KEY=VALUE   stage-I settings (`sadm_nnunet_plan_diffusion --set`, e.g. `noise.kind=gaussian`):
                              stage I and SADM are trained again;
-  --predict-set KEY=VALUE    `reconstruction.*` or `scoring.*` (e.g. `reconstruction.noise_levels=[100,200,300]`):
+  --predict-set KEY=VALUE    `reconstruction.*`, `scoring.*` or `prediction_ensemble` (e.g.
+                             `reconstruction.noise_levels=[100,200,300]`, `prediction_ensemble=per_level`):
                              the base run's trained SADM model predicts and scores again with them (its plans get
                              them); nothing is trained;
   --sadm-trainer / --plain-trainer NAME   other trainers, e.g. the training-length pair QualitySADMTrainer_3epochs
@@ -140,11 +141,12 @@ def what_to_reuse(base, variant, prediction_overrides: tuple[str, ...]) -> Reuse
     return reuse
 
 
-PREDICTION_SETTINGS = ("reconstruction", "scoring")
+PREDICTION_SETTINGS = ("reconstruction", "scoring", "prediction_ensemble")
 
 
 def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> None:
-    """Writes SADM settings that only act on prediction and scoring (`reconstruction.*`, `scoring.*`) into the
+    """Writes SADM settings that only act on prediction and scoring (`reconstruction.*`, `scoring.*`,
+    `prediction_ensemble`) into the
     2d_sadm configuration of a plans file, validated as sadm_nnunet_plan validates them."""
     import json
 
@@ -158,7 +160,7 @@ def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> 
     for override in overrides:
         update = parse_override(override)
         if set(update) - set(PREDICTION_SETTINGS):
-            raise SystemExit(f"--predict-set takes {' or '.join(k + '.*' for k in PREDICTION_SETTINGS)} settings "
+            raise SystemExit(f"--predict-set takes reconstruction.*, scoring.* and prediction_ensemble settings "
                              f"(they act on prediction only); found '{override}'. Settings that change training "
                              f"go into --set.")
         configuration[PLANS_KEY] = deep_update(configuration[PLANS_KEY], update)
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set-denoiser", nargs="+", default=[],
                         help="stage-I settings (sadm_nnunet_plan_diffusion --set): stage I and SADM are retrained")
     parser.add_argument("--predict-set", nargs="+", default=[],
-                        help="reconstruction.* / scoring.* settings: the base run's trained SADM predicts again")
+                        help="reconstruction.* / scoring.* / prediction_ensemble settings: the base run's trained SADM "
+                             "predicts again")
     parser.add_argument("--sadm-trainer", help="another SADM trainer (e.g. QualitySADMTrainer_3epochs)")
     parser.add_argument("--plain-trainer", help="another plain nnU-Net trainer (e.g. QualityPlainTrainer_3epochs)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -112,6 +112,29 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
         qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
 
 
+def test_prediction_overrides_write_prediction_settings_only(tmp_path):
+    """--predict-set: reconstruction.*, scoring.* and prediction_ensemble go into the 2d_sadm block, validated;
+    anything that acts on training is refused, and a refused or invalid value leaves the plans file as it was."""
+    from sadm_nnunet.diffusion.settings import DiffusionSettings, unet_config
+    from sadm_nnunet.segmentation.settings import PLANS_KEY, Stage1Model, sadm_block
+
+    qb = load_script("quality_benchmark")
+    diffusion = DiffusionSettings.from_dict({})
+    block = sadm_block({}, Stage1Model("Dataset1_H", "SADMDiffusionTrainer", "nnUNetPlans", "2d", "all"), diffusion,
+                       unet_config(diffusion, (32, 32), 1))
+    plans_path = tmp_path / "plans.json"
+    plans_path.write_text(json.dumps({"configurations": {"2d_sadm": {PLANS_KEY: block}}}))
+    qb.apply_prediction_overrides(plans_path, ("prediction_ensemble=per_level", "scoring.ssim_dimensions=3"))
+    block = json.loads(plans_path.read_text())["configurations"]["2d_sadm"][PLANS_KEY]
+    assert block["prediction_ensemble"] == "per_level" and block["scoring"]["ssim_dimensions"] == 3
+    before = plans_path.read_bytes()
+    with pytest.raises(SystemExit, match="found 'training_noise_level=ensemble'. Settings that change training"):
+        qb.apply_prediction_overrides(plans_path, ("training_noise_level=ensemble",))
+    with pytest.raises(SystemExit, match="ssim_dimensions"):
+        qb.apply_prediction_overrides(plans_path, ("scoring.ssim_dimensions=4",))
+    assert plans_path.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     results = run_quick("quality_benchmark.py", tmp_path)
