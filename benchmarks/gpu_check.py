@@ -16,12 +16,14 @@ after every step, so a run cut short still leaves every number measured so far:
    train_step after on_train_start, so torch.compile and AMP as nnU-Net sets them up on CUDA; reconstruction times).
 4. `stage2_default`, `stage2_paper`: benchmarks/stage2_benchmark.py --device cuda (nnUNetv2_train with SADMTrainer and
    nnU-Net's trainer, compile and AMP at nnU-Net's defaults, then nnUNetv2_predict on a held-out case).
+5. `score`: with the SADM model that `stage2_default` trained, `nnUNetv2_predict --save_probabilities` and
+   `sadm_nnunet_score --device cuda` on the held-out cases: times, and the maps checked (finite, in [0, 1], the
+   fused score = beta * unsupervised + (1 - beta) * p_fg within float16 rounding).
 
 The time budget (--budget seconds, default 330) is shared: each benchmark gets a slice and steps that no longer fit
 are recorded as skipped. --dry-run runs everything on the CPU with the benchmarks' --quick sizes and skips the
 paper-size benchmarks (hours on a CPU); it exists so that this script cannot rot (tests/test_gpu_check.py).
-Not covered here: scoring the predictions (sadm_nnunet_score; device-independent), multi-GPU DDP (one GPU;
-tests/test_ddp.py runs our DDP code in a gloo group).
+Not covered here: multi-GPU DDP (one GPU; tests/test_ddp.py runs our DDP code in a gloo group).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAPER_UNET, machine_info, now, prepare_workdir, unet_setting, versions  # noqa: E402
+from common import (PAPER_UNET, TRAINERS_FOLDER, machine_info, nnunet_env, now, prepare_workdir,  # noqa: E402
+                    unet_setting, versions)
 
 from sadm_nnunet.io_utils import write_json_atomic  # noqa: E402
 
@@ -132,6 +135,51 @@ def benchmark(script: str, workdir: Path, device: str, quick: bool, unet: tuple[
     return json.loads(out.read_text())
 
 
+def score_predictions(workdir: Path, device: str) -> dict:
+    """nnUNetv2_predict --save_probabilities, then sadm_nnunet_score, with the SADM model stage2_benchmark trained
+    in `workdir` (its nnU-Net folders and trainers), on its held-out cases; the maps are read back and checked."""
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    import stage2_benchmark as s2
+
+    from sadm_nnunet.commands.score import SETTINGS_FILE
+
+    env = {**os.environ, **nnunet_env(workdir), "nnUNet_extTrainer": str(TRAINERS_FOLDER),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # this environment's commands
+    configuration = s2.sadm_configuration("2d")
+    images = workdir / "nnUNet_raw" / s2.DATASET_NAME / "imagesTs"
+    predictions, scores = workdir / "score_check" / "predictions", workdir / "score_check" / "scores"
+    model = ["-d", str(s2.DATASET_ID), "-c", configuration, "-tr", s2.SADM_TRAINER, "-f", s2.FOLD]
+    commands = {"predict_s": ["nnUNetv2_predict", "-i", str(images), "-o", str(predictions), *model,
+                              "--save_probabilities", "-device", device, "-npp", "1", "-nps", "1"],
+                "score_s": ["sadm_nnunet_score", "-i", str(images), "-pred", str(predictions), "-o", str(scores),
+                            *model, "--device", device]}
+    out = {}
+    for key, cmd in commands.items():
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {proc.stderr[-3000:]}")
+        out[key] = time.perf_counter() - t0
+    beta = json.loads((scores / SETTINGS_FILE).read_text())["beta"]
+    cases = sorted(p.name[:-len("_score.nii.gz")] for p in scores.glob("*_score.nii.gz"))
+    if not cases:
+        raise RuntimeError(f"sadm_nnunet_score wrote no CASE_score.nii.gz into {scores}")
+    worst = 0.0
+    for case in cases:
+        fused, unsupervised = (np.asarray(nib.load(str(scores / f"{case}_{m}.nii.gz")).dataobj, dtype=np.float64)
+                               for m in ("score", "unsupervised"))
+        if not (np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1):
+            raise RuntimeError(f"{case}: fused score outside [0, 1] or not finite")
+        p_fg = (fused - beta * unsupervised) / (1 - beta) if beta < 1 else None
+        if p_fg is not None:
+            worst = max(worst, float(np.maximum(-p_fg, p_fg - 1).max()))  # p_fg must lie in [0, 1]
+    return {**out, "cases": len(cases), "beta": beta, "p_fg_outside_unit_interval": worst}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -153,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                      None, b)),
         ("stage2_default", 0.4, lambda b: benchmark("stage2_benchmark", workdir / "s2d", device.type, args.dry_run,
                                                     None, b)),
+        ("score", None, lambda b: score_predictions(workdir / "s2d", device.type)),
         ("stage1_paper", 0.4, lambda b: benchmark("stage1_benchmark", workdir / "s1p", device.type, False,
                                                   PAPER_UNET, b)),
         ("stage2_paper", 0.9, lambda b: benchmark("stage2_benchmark", workdir / "s2p", device.type, False,

@@ -69,6 +69,7 @@ STAGE1_TRAINER = "SADMDiffusionTrainer"
 SADM_TRAINER = "SADMBenchTrainer"
 BASELINE_TRAINER = "SADMBenchBaselineTrainer"
 NO_TTA = f"{SADM_TRAINER} --disable_tta"
+PER_LEVEL = f"{SADM_TRAINER} prediction_ensemble=per_level"  # the same model, segmenting each noise level's input
 TARGET_TIME_RATIO = 1.5
 TARGET_MEMORY_RATIO = 1.3
 TARGET_PREDICT_RATIO = 1.5
@@ -247,14 +248,34 @@ def train_once(commands: Commands, trainer: str, mode: dict, bench: ModuleType, 
     return record
 
 
-def predict_once(commands: Commands, trainer: str, disable_tta: bool, num_cases: int, configuration: str) -> float:
-    """Wall time of one `nnUNetv2_predict` of the test cases with `trainer`'s fold-0 model."""
+def per_level_model(workdir: Path, configuration: str) -> Path:
+    """A copy of SADM's trained model folder whose plans.json has `prediction_ensemble` per_level (one segmentation
+    pass per noise level, logits averaged), for nnUNetv2_predict_from_modelfolder."""
+    from sadm_nnunet.io_utils import write_json_atomic
+    from sadm_nnunet.segmentation.settings import PLANS_KEY
+
+    target = workdir / "per_level_model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(results_folder(workdir, SADM_TRAINER, configuration), target)
+    plans = json.loads((target / "plans.json").read_text())
+    plans["configurations"][configuration][PLANS_KEY]["prediction_ensemble"] = "per_level"
+    write_json_atomic(plans, target / "plans.json")
+    return target
+
+
+def predict_once(commands: Commands, trainer: str, disable_tta: bool, num_cases: int, configuration: str,
+                 model_folder: Path | None = None) -> float:
+    """Wall time of one `nnUNetv2_predict` of the test cases with `trainer`'s fold-0 model (or, given
+    `model_folder`, `nnUNetv2_predict_from_modelfolder` with that folder's)."""
     workdir = commands.workdir
-    out = workdir / "predictions" / f"{trainer}{'_notta' if disable_tta else ''}"
+    out = workdir / "predictions" / (model_folder.name if model_folder else
+                                     f"{trainer}{'_notta' if disable_tta else ''}")
     shutil.rmtree(out, ignore_errors=True)
-    args = ["-i", workdir / "nnUNet_raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID, "-c",
-            configuration, "-tr", trainer, "-f", FOLD, "-device", commands.device, "-npp", "1", "-nps", "1"]
-    wall = commands.run("nnUNetv2_predict", *args, *(["--disable_tta"] if disable_tta else []))
+    model = (["-m", model_folder] if model_folder else ["-d", DATASET_ID, "-c", configuration, "-tr", trainer])
+    args = ["-i", workdir / "nnUNet_raw" / DATASET_NAME / "imagesTs", "-o", out, *model, "-f", FOLD, "-device",
+            commands.device, "-npp", "1", "-nps", "1"]
+    command = "nnUNetv2_predict_from_modelfolder" if model_folder else "nnUNetv2_predict"
+    wall = commands.run(command, *args, *(["--disable_tta"] if disable_tta else []))
     written = sorted(out.glob("*.nii.gz"))
     if len(written) != num_cases:
         raise RuntimeError(f"nnUNetv2_predict with {trainer} wrote {len(written)} segmentations, expected {num_cases}")
@@ -468,6 +489,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     names = {BASELINE_TRAINER: "nnUNetTrainer", SADM_TRAINER: "SADMTrainer",
+             PER_LEVEL: "SADMTrainer, `prediction_ensemble` per_level (one segmentation pass per noise level)",
              NO_TTA: "SADMTrainer `--disable_tta` (information)"}
     for key, v in pr["variants"].items():
         lines.append(f"| {names[key]} | {len(v['times_s'])} | {v['median_s']:.1f} | {v['ratio_to_nnunet']:.2f} |")
@@ -553,6 +575,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_test = mode["num_test_cases"]
         variants = {BASELINE_TRAINER: lambda: predict_once(commands, BASELINE_TRAINER, False, n_test, configuration),
                     SADM_TRAINER: lambda: predict_once(commands, SADM_TRAINER, False, n_test, configuration)}
+        per_level = per_level_model(workdir, configuration)
+        variants[PER_LEVEL] = lambda: predict_once(commands, SADM_TRAINER, False, n_test, configuration, per_level)
         if mode["predict_without_tta"]:
             variants[NO_TTA] = lambda: predict_once(commands, SADM_TRAINER, True, n_test, configuration)
         predict_runs = alternate(variants, mode, budget_end, "[stage2_benchmark] prediction", once=(NO_TTA,))

@@ -61,7 +61,10 @@ def check_stage2_report(results: dict, configuration: str) -> None:
     for trainer in ("SADMBenchTrainer", "SADMBenchBaselineTrainer"):
         assert training[trainer]["median_s_per_train_step"] > 0 and training[trainer]["peak_rss_mib"] > 0
     assert training["SADMBenchTrainer"]["median_reconstruction_s"] > 0
-    assert set(results["prediction"]["variants"]) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer"}
+    variants = results["prediction"]["variants"]
+    assert set(variants) == {"SADMBenchTrainer", "SADMBenchBaselineTrainer",
+                             "SADMBenchTrainer prediction_ensemble=per_level"}
+    assert all(v["median_s"] > 0 for v in variants.values())
 
 
 @pytest.mark.slow
