@@ -3,7 +3,8 @@
     python benchmarks/quality_benchmark.py [--quick] [--seeds 0 1 2] [--workdir DIR] [--output results.json]
                                            [--plot dice.png] [--tag NAME [--set key=value ...]
                                            [--set-denoiser key=value ...] [--predict-set key=value ...]
-                                           [--sadm-trainer NAME] [--plain-trainer NAME]]
+                                           [--sadm-trainer NAME] [--plain-trainer NAME]
+                                           [--configuration 2d|3d_fullres]]
 
 Protocol (the paper's, scaled to 2 CPU cores): the six healthy brains of `../shared/data/healthy_t1` are split
 into training brains (stage I and the labelled set) and held-out test brains (`TEST_BRAINS`), which no model sees
@@ -32,7 +33,9 @@ run's on the same subjects:
                              the base run's trained SADM model predicts and scores again with them (its plans get
                              them); nothing is trained;
   --sadm-trainer / --plain-trainer NAME   other trainers, e.g. the training-length pair QualitySADMTrainer_3epochs
-                             and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py).
+                             and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py);
+  --configuration 3d_fullres the 3D pair: SADM on 3d_fullres_sadm (`sadm_nnunet_plan -c 3d_fullres`; the 2D stage I
+                             reconstructs every slice of a 3D patch) vs plain nnU-Net on 3d_fullres; stage I reused.
 Variants leave out the DRAEM row. `--quick` (CI) runs one tiny seed at 6 mm.
 """
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Variant:
     prediction: tuple[str, ...] = ()   # reconstruction.* / scoring.*: the base's trained SADM, predicted again
     sadm_trainer: str | None = None    # another SADM trainer (e.g. another training length)
     plain_trainer: str | None = None   # another plain nnU-Net trainer
+    configuration: str = "2d"          # stage II's nnU-Net configuration (3d_fullres: both models retrained in 3D)
 
 
 def experiment(mode: str, seed: int, variant: Variant | None = None):
@@ -96,7 +100,7 @@ def experiment(mode: str, seed: int, variant: Variant | None = None):
                           plain_trainer=v.plain_trainer or m["plain_trainer"],
                           draem_trainer=None if variant else m["draem_trainer"],
                           denoiser_overrides=m["denoiser_overrides"] + v.denoiser, sadm_overrides=v.sadm,
-                          figures=mode == "full" and seed == 0 and not variant,
+                          figures=mode == "full" and seed == 0 and not variant, configuration=v.configuration,
                           extra={"source": str(HEALTHY_SOURCE), "test_brains": list(TEST_BRAINS), "mode": mode,
                                  "prediction_overrides": list(v.prediction)})
 
@@ -127,11 +131,13 @@ class Reuse:
 
 def what_to_reuse(base, variant, prediction_overrides: tuple[str, ...]) -> Reuse:
     """A model is reused when nothing it depends on changed: stage I when the denoiser settings and trainer are the
-    base's; plain nnU-Net when its trainer is; SADM when stage I, its trainer and its training settings are (then
-    only `prediction_overrides` change, which act on prediction and scoring)."""
+    base's; plain nnU-Net when its trainer and configuration are; SADM when stage I, its trainer, configuration and
+    training settings are (then only `prediction_overrides` change, which act on prediction and scoring)."""
     stage1 = (variant.denoiser_overrides, variant.stage1_trainer) == (base.denoiser_overrides, base.stage1_trainer)
-    sadm = stage1 and (variant.sadm_trainer, variant.sadm_overrides) == (base.sadm_trainer, base.sadm_overrides)
-    reuse = Reuse(stage1=stage1, plain=variant.plain_trainer == base.plain_trainer, sadm=sadm)
+    same_configuration = variant.configuration == base.configuration
+    sadm = stage1 and same_configuration and ((variant.sadm_trainer, variant.sadm_overrides)
+                                              == (base.sadm_trainer, base.sadm_overrides))
+    reuse = Reuse(stage1=stage1, plain=same_configuration and variant.plain_trainer == base.plain_trainer, sadm=sadm)
     if reuse.sadm and not prediction_overrides:
         raise SystemExit("this variant changes nothing: give --set, --set-denoiser, --predict-set or other trainers")
     if prediction_overrides and not reuse.sadm:
@@ -144,19 +150,19 @@ def what_to_reuse(base, variant, prediction_overrides: tuple[str, ...]) -> Reuse
 PREDICTION_SETTINGS = ("reconstruction", "scoring", "prediction_ensemble")
 
 
-def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> None:
+def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...], sadm_configuration: str = "2d_sadm"
+                               ) -> None:
     """Writes SADM settings that only act on prediction and scoring (`reconstruction.*`, `scoring.*`,
     `prediction_ensemble`) into the
     2d_sadm configuration of a plans file, validated as sadm_nnunet_plan validates them."""
     import json
 
     from sadm_nnunet.nnunet_plans import deep_update, parse_override
-    from sadm_nnunet.experiment.pipeline import SADM_CONFIGURATION
     from sadm_nnunet.io_utils import write_json_atomic
     from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings
 
     plans = json.loads(plans_path.read_text())
-    configuration = plans["configurations"][SADM_CONFIGURATION]
+    configuration = plans["configurations"][sadm_configuration]
     for override in overrides:
         update = parse_override(override)
         if set(update) - set(PREDICTION_SETTINGS):
@@ -165,7 +171,7 @@ def apply_prediction_overrides(plans_path: Path, overrides: tuple[str, ...]) -> 
                              f"go into --set.")
         configuration[PLANS_KEY] = deep_update(configuration[PLANS_KEY], update)
     try:
-        SADMSettings.from_configuration(configuration, SADM_CONFIGURATION)
+        SADMSettings.from_configuration(configuration, sadm_configuration)
     except (KeyError, TypeError, ValueError) as e:
         raise SystemExit(f"--predict-set: {e.args[0] if e.args else e}") from e
     write_json_atomic(plans, plans_path)
@@ -177,7 +183,7 @@ def start_variant(base_dir: Path, workdir: Path, base, spec, prediction_override
     started variant resumes as any run does."""
     import shutil
 
-    from sadm_nnunet.experiment.pipeline import PLAIN_CONFIGURATION, SADM_CONFIGURATION
+    from sadm_nnunet.experiment.pipeline import STAGE1_CONFIGURATION
 
     reuse = what_to_reuse(base, spec, prediction_overrides)
     if workdir.exists():
@@ -192,9 +198,9 @@ def start_variant(base_dir: Path, workdir: Path, base, spec, prediction_override
     for folder in ("nnUNet_raw", "nnUNet_preprocessed", "evaluation") + (("predictions/nnunet",) if reuse.plain
                                                                          else ()):
         shutil.copytree(base_dir / folder, tmp / folder)
-    models = [(reuse.stage1, spec.stage1_trainer, PLAIN_CONFIGURATION, c.healthy_dataset),
-              (reuse.plain, spec.plain_trainer, PLAIN_CONFIGURATION, c.labelled_dataset),
-              (reuse.sadm, spec.sadm_trainer, SADM_CONFIGURATION, c.labelled_dataset)]
+    models = [(reuse.stage1, spec.stage1_trainer, STAGE1_CONFIGURATION, c.healthy_dataset),
+              (reuse.plain, spec.plain_trainer, spec.configuration, c.labelled_dataset),
+              (reuse.sadm, spec.sadm_trainer, spec.sadm_configuration, c.labelled_dataset)]
     for reused, trainer, configuration, dataset in models:
         if reused:
             name = f"{trainer}__nnUNetPlans__{configuration}"
@@ -202,8 +208,8 @@ def start_variant(base_dir: Path, workdir: Path, base, spec, prediction_override
     if prediction_overrides:  # the trained model's plans (what nnUNetv2_predict and sadm_nnunet_score read)
         for plans in (tmp / "nnUNet_preprocessed" / c.labelled_dataset / "nnUNetPlans.json",
                       tmp / "nnUNet_results" / c.labelled_dataset
-                      / f"{spec.sadm_trainer}__nnUNetPlans__{SADM_CONFIGURATION}" / "plans.json"):
-            apply_prediction_overrides(plans, prediction_overrides)
+                      / f"{spec.sadm_trainer}__nnUNetPlans__{spec.sadm_configuration}" / "plans.json"):
+            apply_prediction_overrides(plans, prediction_overrides, spec.sadm_configuration)
     (tmp / "steps").mkdir()
     for key in reuse.steps():
         shutil.copy2(base_dir / "steps" / f"{key}.json", tmp / "steps" / f"{key}.json")
@@ -317,16 +323,18 @@ def main(argv: list[str] | None = None) -> None:
                              "predicts again")
     parser.add_argument("--sadm-trainer", help="another SADM trainer (e.g. QualitySADMTrainer_3epochs)")
     parser.add_argument("--plain-trainer", help="another plain nnU-Net trainer (e.g. QualityPlainTrainer_3epochs)")
+    parser.add_argument("--configuration", choices=["2d", "3d_fullres"], default="2d",
+                        help="stage II's nnU-Net configuration (3d_fullres: a variant; both models retrained)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--plot", type=Path, help="PNG of ⌈Dice⌉ per lesion kind and method")
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
     variant = Variant(tuple(args.overrides), tuple(args.set_denoiser), tuple(args.predict_set), args.sadm_trainer,
-                      args.plain_trainer)
+                      args.plain_trainer, args.configuration)
     if variant != Variant() and not args.tag:
-        raise SystemExit("--set, --set-denoiser, --predict-set, --sadm-trainer and --plain-trainer describe a "
-                         "variant of the base run: give it a name with --tag")
+        raise SystemExit("--set, --set-denoiser, --predict-set, --sadm-trainer, --plain-trainer and --configuration "
+                         "describe a variant of the base run: give it a name with --tag")
 
     from sadm_nnunet.experiment.pipeline import run_experiment
 

@@ -108,6 +108,10 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
     prediction = ("reconstruction.noise_levels=[100]",)
     reuse = qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant(prediction=prediction)), prediction)
     assert reuse == qb.Reuse(stage1=True, plain=True, sadm=True) and "train_sadm" in reuse.steps()
+    three_d = qb.experiment("full", 0, qb.Variant(configuration="3d_fullres"))
+    assert (three_d.configuration, three_d.sadm_configuration) == ("3d_fullres", "3d_fullres_sadm")
+    reuse = qb.what_to_reuse(base, three_d, ())  # the 3D pair: both stage-II models trained again, stage I kept
+    assert reuse == qb.Reuse(stage1=True, plain=False, sadm=False)
     with pytest.raises(SystemExit, match="changes nothing"):
         qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant()), ())
     with pytest.raises(SystemExit, match="cannot be combined"):
@@ -184,6 +188,17 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
                                                                           "checkpoint_final.pth")
     assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]
     assert retrained(work / "quickGauss_seed0", work / "quick_seed0") == ["train_sadm", "train_stage1"]
+
+    # the 3D pair: SADM on 3d_fullres_sadm and plain nnU-Net on 3d_fullres, stage I (2D) reused
+    three_d = run_quick("quality_benchmark.py", tmp_path, "--tag", "ThreeD", "--configuration", "3d_fullres",
+                        output="threed.json")
+    folder = work / "quickThreeD_seed0"
+    assert retrained(folder, work / "quick_seed0") == ["train_nnunet", "train_sadm"]
+    ran = {p.stem: json.loads(p.read_text()).get("argv", []) for p in (folder / "steps").glob("*.json")}
+    assert ran["train_sadm"][2] == "3d_fullres_sadm" and ran["train_nnunet"][2] == "3d_fullres"
+    assert ran["plan_sadm"][-2:] == ["-c", "3d_fullres"] and ran["preprocess_3d_fullres"][0] == "nnUNetv2_preprocess"
+    for method in rows - {"sadm_draem"}:
+        assert 0.0 <= three_d["summary"][method]["tumour"]["best_dice"]["mean"] <= 1.0
 
     # the paired comparison of both variants with the base run
     numbers = load_script("quality_compare").main([str(tmp_path / "results.json"), f"Low={tmp_path / 'low.json'}",

@@ -103,7 +103,10 @@ def experiment_spec(mode: str, device: str):
 
 def check_output_folder(output: Path, spec) -> None:
     """A work folder holds one demo: refuse to mix runs of different settings in it."""
+    from dataclasses import MISSING, fields
+
     from sadm_nnunet.experiment.cohort import recorded_spec
+    from sadm_nnunet.experiment.pipeline import ExperimentSpec
     from sadm_nnunet.io_utils import write_json_atomic
 
     recorded_file = output / "demo_settings.json"
@@ -111,6 +114,8 @@ def check_output_folder(output: Path, spec) -> None:
     if recorded_file.is_file():
         recorded = json.loads(recorded_file.read_text())
         recorded["cohort"] = recorded_spec(recorded.get("cohort", {}))
+        # fields added to the experiment since the folder was written held their defaults
+        recorded = {**{f.name: f.default for f in fields(ExperimentSpec) if f.default is not MISSING}, **recorded}
         if recorded != settings:
             differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
             raise SystemExit(f"{output} holds a demo run with other settings ({recorded_file}: mode "

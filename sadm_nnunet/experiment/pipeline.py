@@ -35,8 +35,7 @@ from sadm_nnunet.experiment.cohort import (HEALTHY, HEALTHY_VALIDATION, VALIDATI
 from sadm_nnunet.experiment.steps import Steps, clean_env
 from sadm_nnunet.io_utils import write_json_atomic
 
-SADM_CONFIGURATION = "2d_sadm"
-PLAIN_CONFIGURATION = "2d"
+STAGE1_CONFIGURATION = "2d"  # stage I is trained on 2D slices whatever stage II's configuration
 REPORTED = ("best_dice", "auprc", "dice_at_threshold")
 RECONSTRUCTION_FIGURE = "reconstruction"  # key of the stage-I figure among the figures step's results
 
@@ -63,6 +62,12 @@ class ExperimentSpec:
     device: str = "cpu"
     figures: bool = True
     extra: dict = field(default_factory=dict)  # recorded only (e.g. the source of the brains)
+    configuration: str = "2d"  # nnU-Net configuration of the stage-II models (plain nnU-Net; SADM: its _sadm twin)
+
+    @property
+    def sadm_configuration(self) -> str:
+        """What `sadm_nnunet_plan -c CONFIGURATION` writes by default."""
+        return f"{self.configuration}_sadm"
 
     def methods(self) -> list[Method]:
         rows = [Method("unsupervised", "Unsupervised reconstruction (1 - SSIM)", "sadm", "_unsupervised"),
@@ -203,11 +208,13 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
     evaluation, predictions, scores = workdir / "evaluation", workdir / "predictions", workdir / "scores"
     env = clean_env(raw, preprocessed, results)
     c = spec.cohort
-    models = [("sadm", SADM_CONFIGURATION, spec.sadm_trainer), ("nnunet", PLAIN_CONFIGURATION, spec.plain_trainer)]
+    models = [("sadm", spec.sadm_configuration, spec.sadm_trainer),
+              ("nnunet", spec.configuration, spec.plain_trainer)]
     if spec.draem_trainer:
-        models.append(("sadm_draem", SADM_CONFIGURATION, spec.draem_trainer))
-    sadm_models = [m for m in models if m[1] == SADM_CONFIGURATION]
-    total = 5 + 2 * len(models) + len(sadm_models) + 3 + int(spec.figures)
+        models.append(("sadm_draem", spec.sadm_configuration, spec.draem_trainer))
+    sadm_models = [m for m in models if m[1] == spec.sadm_configuration]
+    preprocess_extra = spec.configuration != STAGE1_CONFIGURATION
+    total = 5 + int(preprocess_extra) + 2 * len(models) + len(sadm_models) + 3 + int(spec.figures)
     steps = Steps(workdir, env, total, out)
 
     def fold_folder(dataset: str, trainer: str, configuration: str, fold: str) -> Path:
@@ -223,20 +230,25 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
     cohort = load_cohort(c, raw, evaluation)
     if cohort is None:
         raise RuntimeError(f"{evaluation} holds a cohort of a different specification; use another work folder")
-    steps.command("plan", "nnU-Net planning and preprocessing (2d)",
-                  ["nnUNetv2_plan_and_preprocess", "-d", c.healthy_id, c.labelled_id, "-c", "2d", "-np", "1",
+    steps.command("plan", f"nnU-Net planning and preprocessing ({STAGE1_CONFIGURATION})",
+                  ["nnUNetv2_plan_and_preprocess", "-d", c.healthy_id, c.labelled_id, "-c", STAGE1_CONFIGURATION,
+                   "-np", "1",
                    "-npfp", "1", "--verify_dataset_integrity"],  # one process: the cases are few and small
                   nnUNet_n_proc_DA=str(max(1, int(env.get("nnUNet_n_proc_DA", "1")))))  # its planner needs >= 1
+    if preprocess_extra:  # the planner planned every configuration; preprocess stage II's for the labelled set
+        steps.command(f"preprocess_{spec.configuration}", f"nnU-Net preprocessing ({spec.configuration})",
+                      ["nnUNetv2_preprocess", "-d", c.labelled_id, "-c", spec.configuration, "-np", "1"])
     steps.command("plan_diffusion", "Stage-I settings into the healthy dataset's plans",
                   ["sadm_nnunet_plan_diffusion", c.healthy_id]
                   + (["--set", *spec.denoiser_overrides] if spec.denoiser_overrides else []))
-    stage1_fold = fold_folder(c.healthy_dataset, spec.stage1_trainer, "2d", "all")
+    stage1_fold = fold_folder(c.healthy_dataset, spec.stage1_trainer, STAGE1_CONFIGURATION, "all")
     steps.command("train_stage1", f"Stage I: the diffusion model on {c.num_healthy} healthy subjects",
-                  ["nnUNetv2_train", c.healthy_id, "2d", "all", "-tr", spec.stage1_trainer, "-device", spec.device],
+                  ["nnUNetv2_train", c.healthy_id, STAGE1_CONFIGURATION, "all", "-tr", spec.stage1_trainer, "-device", spec.device],
                   resume=_train_resume(stage1_fold))
-    steps.command("plan_sadm", "SADM configuration (2d_sadm) into the labelled dataset's plans",
+    steps.command("plan_sadm", f"SADM configuration ({spec.sadm_configuration}) into the labelled dataset's plans",
                   ["sadm_nnunet_plan", c.labelled_id, "--ddpm", c.healthy_id, "--ddpm-trainer",
                    spec.stage1_trainer]
+                  + (["-c", spec.configuration] if spec.configuration != STAGE1_CONFIGURATION else [])
                   + (["--set", *spec.sadm_overrides] if spec.sadm_overrides else []))
     for key, configuration, trainer in models:
         steps.command(f"train_{key}", f"Training {trainer} ({configuration}) on {c.num_labelled} labelled "
@@ -255,7 +267,7 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
                       ["sadm_nnunet_score", "-i", cohort.images, "-pred", predictions / key, "-o", scores / key,
                        "-d", c.labelled_id, "-c", configuration, "-tr", trainer, "-f", spec.fold, "--device",
                        spec.device])
-    segmentation_scores = {key: scores / (key if configuration == PLAIN_CONFIGURATION else f"{key}_segmentation")
+    segmentation_scores = {key: scores / (key if configuration == spec.configuration else f"{key}_segmentation")
                            for key, configuration, _ in models}
     steps.python("segmentation_scores", "Segmentation scores (beta 0: the foreground probability in the brain)",
                  lambda: {key: write_segmentation_scores(predictions / key, cohort.images, folder)
