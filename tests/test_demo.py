@@ -84,7 +84,7 @@ def test_second_run_skips_finished_steps(demo):
     table = (output / "results.md").read_text()
     again = run_demo(output)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(markers) == 13 and sorted((output / "steps").glob("*.json")) == markers
+    assert len(markers) == 14 and sorted((output / "steps").glob("*.json")) == markers
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no step ran again, no result was rewritten
     assert (output / "results.md").read_text() == table
 
