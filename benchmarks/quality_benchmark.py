@@ -231,24 +231,30 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
             for m, sets in out.items()}
 
 
-def table(spec, summary: dict) -> str:
-    """Markdown: rows = methods, per lesion kind ⌈Dice⌉ / AUPRC / Dice@thr as mean ± std over seeds."""
-    c = spec.cohort
-    header = ["method"]
-    for s in c.test_sets:
-        if s == "healthy":
-            header.append("healthy: FPR")
-        else:
-            header += [f"{s} ({'seen' if s == c.seen_kind else 'unseen'}): ⌈Dice⌉", "AUPRC", "Dice@thr"]
+def markdown_rows(spec, summary: dict, header: list[str], columns: list[tuple[str, str]]) -> str:
+    """Markdown: one row per method, one cell per (set, metric) column, mean ± std over seeds (n/a if absent)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in spec.methods():
         cells = [method.label]
-        for s in c.test_sets:
-            for k in (("fpr_healthy",) if s == "healthy" else ("best_dice", "auprc", "dice_at_threshold")):
-                v = summary.get(method.key, {}).get(s, {}).get(k)
-                cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+        for s, k in columns:
+            v = summary.get(method.key, {}).get(s, {}).get(k)
+            cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table(spec, summary: dict) -> str:
+    """Markdown: rows = methods, per lesion kind ⌈Dice⌉ / AUPRC / Dice@thr as mean ± std over seeds."""
+    c = spec.cohort
+    header, columns = ["method"], []
+    for s in c.test_sets:
+        if s == "healthy":
+            header.append("healthy: FPR")
+            columns.append((s, "fpr_healthy"))
+        else:
+            header += [f"{s} ({'seen' if s == c.seen_kind else 'unseen'}): ⌈Dice⌉", "AUPRC", "Dice@thr"]
+            columns += [(s, k) for k in ("best_dice", "auprc", "dice_at_threshold")]
+    return markdown_rows(spec, summary, header, columns)
 
 
 def fpr_table(spec, summary: dict) -> str:
@@ -267,14 +273,7 @@ def fpr_table(spec, summary: dict) -> str:
             else:
                 header.append(f"{s}: Dice@{100 * rate:g}% FPR")
                 columns.append((s, dice_key))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in spec.methods():
-        cells = [method.label]
-        for s, k in columns:
-            v = summary.get(method.key, {}).get(s, {}).get(k)
-            cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_rows(spec, summary, header, columns)
 
 
 def plot(spec, summary: dict, path: Path, metric: str = "best_dice") -> None:
