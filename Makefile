@@ -13,9 +13,10 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -e ".[test]"
 
-# Two worker processes, one test file each at a time (a file's tests share its trained models): the trainings in
-# the tests run single-threaded, so two cores run two files.
-PYTEST = $(BIN)/python -m pytest -q --durations=12 -n 2 --dist loadfile
+# Two worker processes, one file at a time each, except that the files on the session's nnU-Net folders run as one
+# unit (tests/conftest.py); the commands the tests start run single-threaded (OMP_THREAD_LIMIT=1), so two cores run
+# two units.
+PYTEST = $(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile
 
 test: install
 	$(PYTEST) tests

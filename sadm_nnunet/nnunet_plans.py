@@ -20,6 +20,11 @@ KEEP = "keep"  # resolve_diffusion_settings: keep the plans' conditioning.encode
 STAGE2_DIMENSIONS = (2, 3)  # stage II: 2D configurations, and 3D ones whose patches the denoiser reconstructs slice-wise
 
 
+def sadm_configuration_name(base: str) -> str:
+    """The configuration `sadm_nnunet_plan -c BASE` writes unless --name says otherwise (it inherits BASE)."""
+    return f"{base}_sadm"
+
+
 def plans_file(dataset: str, plans_identifier: str) -> Path:
     """nnUNet_preprocessed/DATASET/PLANS.json of a dataset name or id, or an error saying how to create it."""
     from nnunetv2.paths import nnUNet_preprocessed

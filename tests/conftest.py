@@ -16,6 +16,11 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# nnUNetv2_train/-predict on -device cpu call torch.set_num_threads(cpu_count()), whatever OMP_NUM_THREADS says; with
+# two test workers on two cores that oversubscribes them. OpenMP's thread limit caps every command the tests start
+# (their subprocesses inherit it) at one thread, so each worker keeps to its core.
+TEST_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+os.environ.update(TEST_THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 HEALTHY_T1 = REPO.parent / "shared" / "data" / "healthy_t1"
@@ -39,8 +44,7 @@ class NNUNet:
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
                "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
                "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "nnUNet_extTrainer": str(TEST_TRAINERS)}  # our package appends its own folder at start-up
+               **TEST_THREADS, "nnUNet_extTrainer": str(TEST_TRAINERS)}  # our package appends its own folder at start-up
         env.update(extra)
         return env
 
@@ -68,10 +72,39 @@ SLOW_FIXTURES = frozenset({"healthy_dataset", "lesion_dataset", "trained_stage1"
                            "predictions", "cddpm_run", "demo"})
 
 
+# The test files on the session's nnU-Net folders (the `nnunet` fixture: stage I, the tumour dataset, the SADM model)
+# run as one unit of `make test`'s two xdist workers, so the session fixtures are built once and two workers never
+# write to the same nnU-Net folders at once; every other file is a unit of its own (its module fixtures built once).
+SHARED_NNUNET_FILES = frozenset({"test_cddpm.py", "test_compiled_checkpoint.py", "test_ddp.py", "test_resenc.py",
+                                 "test_sadm_network.py", "test_score_command.py", "test_stage1_nnunet.py",
+                                 "test_stage2_3d.py", "test_stage2_nnunet.py"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before the `-m` deselection: checks every collected test
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "nnunet" in fixtures and item.path.name not in SHARED_NNUNET_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses the session's nnU-Net folders; add {item.path.name} to "
+                                    f"SHARED_NNUNET_FILES in tests/conftest.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, except that SHARED_NNUNET_FILES form one unit. (pytest-xdist's own `loadgroup` marks do not
+    group under pytest 9: xdist 3.8 puts the group into a node id that pytest 9 no longer reads back.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedNNUNetFiles(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "shared nnU-Net folders" if Path(file).name in SHARED_NNUNET_FILES else file
+
+    return SharedNNUNetFiles(config, log)
 
 
 @pytest.fixture(scope="session")

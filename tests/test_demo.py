@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import TEST_THREADS
+
 from sadm_nnunet.figures import contact_sheet_size, reconstruction_figure_size
 
 BIN = Path(sys.executable).parent
@@ -18,8 +20,8 @@ pytestmark = pytest.mark.slow  # every test starts the demo
 
 
 def run_demo(output: Path, *extra: str) -> subprocess.CompletedProcess:
-    # a user's shell: no nnU-Net variables at all (the demo sets its own folders)
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    # a user's shell: no nnU-Net variables at all (the demo sets its own folders); the tests' thread cap
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **TEST_THREADS}
     return subprocess.run([str(BIN / "sadm_nnunet_demo"), "--quick", "--output", str(output), *extra], env=env,
                           capture_output=True, text=True, timeout=1800)
 

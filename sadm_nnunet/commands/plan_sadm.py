@@ -22,7 +22,7 @@ from sadm_nnunet.errors import InputError, one_line_errors
 from sadm_nnunet.io_utils import read_json, write_json_atomic
 from sadm_nnunet.nnunet_cases import dataset_id, dataset_name
 from sadm_nnunet.nnunet_plans import (STAGE2_DIMENSIONS, configuration_manager, deep_update, parse_override,
-                                      plans_file)
+                                      plans_file, sadm_configuration_name)
 from sadm_nnunet.segmentation.settings import PLANS_KEY, SADMSettings, sadm_block
 from sadm_nnunet.segmentation.stage1 import (compatibility_errors, denoiser_config, find_stage1_model, model_folder,
                                              stage1_plans_and_dataset_json)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ddpm-configuration", default="2d", help="configuration of the stage-I model")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SADM settings to override")
     args = parser.parse_args(argv)
-    name = args.name or f"{args.configuration}_sadm"
+    name = args.name or sadm_configuration_name(args.configuration)
 
     path = plans_file(args.target, args.plans)
     plans = read_json(path, "plans file")

@@ -34,6 +34,7 @@ from sadm_nnunet.experiment.cohort import (HEALTHY, HEALTHY_VALIDATION, VALIDATI
                                            load_cohort)
 from sadm_nnunet.experiment.steps import Steps, clean_env
 from sadm_nnunet.io_utils import write_json_atomic
+from sadm_nnunet.nnunet_plans import sadm_configuration_name
 
 STAGE1_CONFIGURATION = "2d"  # stage I is trained on 2D slices whatever stage II's configuration
 REPORTED = ("best_dice", "auprc", "dice_at_threshold")
@@ -67,7 +68,7 @@ class ExperimentSpec:
     @property
     def sadm_configuration(self) -> str:
         """What `sadm_nnunet_plan -c CONFIGURATION` writes by default."""
-        return f"{self.configuration}_sadm"
+        return sadm_configuration_name(self.configuration)
 
     def methods(self) -> list[Method]:
         rows = [Method("unsupervised", "Unsupervised reconstruction (1 - SSIM)", "sadm", "_unsupervised"),
