@@ -14,8 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -e ".[test]"
 
 # Two worker processes, one file at a time each, except that the files on the session's nnU-Net folders run as one
-# unit (tests/conftest.py); the commands the tests start run single-threaded (OMP_THREAD_LIMIT=1), so two cores run
-# two units.
+# unit (tests/conftest.py).
 PYTEST = $(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile
 
 test: install

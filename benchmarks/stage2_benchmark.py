@@ -36,8 +36,7 @@ the peak RSS. nnUNet_n_proc_DA is 0 unless set in the environment (on a GPU, dat
 Threads: nnUNetv2_train and nnUNetv2_predict set torch's threads to the number of CPUs on CPU whatever
 OMP_NUM_THREADS says; `--threads` (default 2) sets OMP_NUM_THREADS/MKL_NUM_THREADS of the commands and torch's
 threads for the in-process tile timing. OMP_WAIT_POLICY=PASSIVE unless already set (see common.py: libgomp's
-spin-waiting slows small ops ~50x on the 2-vCPU development VMs). An OMP_THREAD_LIMIT of the caller's environment
-passes through (the tests cap every command at one thread with it).
+spin-waiting slows small ops ~50x on the 2-vCPU development VMs).
 """
 from __future__ import annotations
 
@@ -128,8 +127,7 @@ class Commands:
                "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0"),
                "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
-               **{k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "OMP_THREAD_LIMIT")
-                  if k in os.environ}}
+               **{k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH") if k in os.environ}}
         env.update(extra)
         return env
 
