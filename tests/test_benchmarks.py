@@ -161,9 +161,8 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
 
     # a prediction-only variant: the base run's trained SADM model (bit for bit), its plans with the new noise level
     low = run_quick("quality_benchmark.py", tmp_path, "--tag", "Low", "--predict-set",
-                            "reconstruction.noise_levels=[100]", output="low.json")
-    variant = low
-    assert set(variant["summary"]) == rows - {"sadm_draem"} and variant["variant"]["prediction"] == [
+                    "reconstruction.noise_levels=[100]", output="low.json")
+    assert set(low["summary"]) == rows - {"sadm_draem"} and low["variant"]["prediction"] == [
         "reconstruction.noise_levels=[100]"]
     work = tmp_path / "work"
     base_model = next((work / "quick_seed0" / "nnUNet_results").glob("*/QualityQuickSADMTrainer__*/fold_all"))
@@ -175,19 +174,7 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     base_scores = sorted((work / "quick_seed0" / "scores" / "sadm").glob("*_unsupervised.nii.gz"))
     low_scores = [work / "quickLow_seed0" / p.relative_to(work / "quick_seed0") for p in base_scores]
     assert base_scores and any(digest(a) != digest(b) for a, b in zip(base_scores, low_scores))
-    assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]  # the same predictions, copied
-
-    # a stage-I variant: Gaussian noise, stage I and SADM trained again, plain nnU-Net reused
-    variant = run_quick("quality_benchmark.py", tmp_path, "--tag", "Gauss", "--set-denoiser",
-                                "noise.kind=gaussian", output="gauss.json")
-    stage1 = next((work / "quickGauss_seed0" / "nnUNet_results").glob("*/QualityQuickDiffusionTrainer__*/"))
-    assert json.loads((stage1 / "plans.json").read_text())["configurations"]["2d"]["sadm_diffusion"]["noise"][
-        "kind"] == "gaussian"
-    base_stage1 = work / "quick_seed0" / stage1.relative_to(work / "quickGauss_seed0")
-    assert digest(stage1 / "fold_all" / "checkpoint_final.pth") != digest(base_stage1 / "fold_all" /
-                                                                          "checkpoint_final.pth")
-    assert variant["summary"]["nnunet"] == results["summary"]["nnunet"]
-    assert retrained(work / "quickGauss_seed0", work / "quick_seed0") == ["train_sadm", "train_stage1"]
+    assert low["summary"]["nnunet"] == results["summary"]["nnunet"]  # the same predictions, copied
 
     # the 3D pair: SADM on 3d_fullres_sadm and plain nnU-Net on 3d_fullres, stage I (2D) reused
     three_d = run_quick("quality_benchmark.py", tmp_path, "--tag", "ThreeD", "--configuration", "3d_fullres",
@@ -200,12 +187,13 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
     for method in rows - {"sadm_draem"}:
         assert 0.0 <= three_d["summary"][method]["tumour"]["best_dice"]["mean"] <= 1.0
 
-    # the paired comparison of both variants with the base run
+    # the paired comparison of both variants with the base run (a stage-I variant, e.g. --set-denoiser, reuses the
+    # same machinery: which models it trains again is unit-tested above)
     numbers = load_script("quality_compare").main([str(tmp_path / "results.json"), f"Low={tmp_path / 'low.json'}",
-                                                   f"Gauss={tmp_path / 'gauss.json'}", "--output",
+                                                   f"ThreeD={tmp_path / 'threed.json'}", "--output",
                                                    str(tmp_path / "comparison.md")])
     assert numbers["Low"]["nnunet"]["stroke/best_dice"]["diffs"] == {"0": 0.0}
-    for name, run in (("Low", low), ("Gauss", variant)):
+    for name, run in (("Low", low), ("ThreeD", three_d)):
         expected = (run["per_seed"]["0"]["sadm"]["stroke"]["mean"]["best_dice"]
                     - results["per_seed"]["0"]["sadm"]["stroke"]["mean"]["best_dice"])
         assert numbers[name]["sadm"]["stroke/best_dice"]["diffs"]["0"] == pytest.approx(expected)
