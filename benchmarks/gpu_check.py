@@ -146,10 +146,11 @@ def score_predictions(workdir: Path, device: str) -> dict:
     import stage2_benchmark as s2
 
     from sadm_nnunet.commands.score import SETTINGS_FILE
+    from sadm_nnunet.nnunet_plans import sadm_configuration_name
 
     env = {**os.environ, **nnunet_env(workdir), "nnUNet_extTrainer": str(TRAINERS_FOLDER),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # this environment's commands
-    configuration = s2.sadm_configuration("2d")
+    configuration = sadm_configuration_name("2d")
     images = workdir / "nnUNet_raw" / s2.DATASET_NAME / "imagesTs"
     predictions, scores = workdir / "score_check" / "predictions", workdir / "score_check" / "scores"
     model = ["-d", str(s2.DATASET_ID), "-c", configuration, "-tr", s2.SADM_TRAINER, "-f", s2.FOLD]

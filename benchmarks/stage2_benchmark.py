@@ -146,14 +146,6 @@ class Commands:
         return wall
 
 
-def sadm_configuration(base: str) -> str:
-    """The SADM configuration sadm_nnunet_plan writes for `base` (both trainers train on it; plain nnU-Net ignores
-    its `sadm` block, so the baseline is nnU-Net on `base`'s data, patch and batch)."""
-    from sadm_nnunet.nnunet_plans import sadm_configuration_name
-
-    return sadm_configuration_name(base)
-
-
 def results_folder(workdir: Path, trainer: str, configuration: str) -> Path:
     return workdir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{configuration}"
 
@@ -556,13 +548,16 @@ def main(argv: list[str] | None = None) -> dict:
     budget_end = started + mode["time_budget_s"]
     sys.path.insert(0, str(TRAINERS_FOLDER))
     bench = importlib.import_module(TRAINERS_MODULE)
+    from sadm_nnunet.nnunet_plans import sadm_configuration_name
 
     try:
         commands = Commands(workdir, args.threads, args.device)
         print(f"[stage2_benchmark] {mode_name} mode, work folder {workdir}, time budget "
               f"{mode['time_budget_s']:.0f} s; the stage-I denoiser has RANDOM weights (speed and memory do not "
               f"depend on them)", flush=True)
-        configuration = sadm_configuration(args.configuration)
+        # both trainers train on the SADM configuration; plain nnU-Net ignores its `sadm` block, so the baseline is
+        # nnU-Net on the base configuration's data, patch and batch
+        configuration = sadm_configuration_name(args.configuration)
         setup = prepare(commands, args.source.resolve(), mode, args.configuration)
         print(f"[stage2_benchmark] set-up done after {time.perf_counter() - started:.1f} s; training ...", flush=True)
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # every test starts the demo
 
 
 def run_demo(output: Path, *extra: str) -> subprocess.CompletedProcess:
-    # a user's shell: no nnU-Net variables at all (the demo sets its own folders); the tests' thread cap
+    # a user's shell: no nnU-Net variables at all (the demo sets its own folders); the tests' thread settings
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **TEST_THREADS}
     return subprocess.run([str(BIN / "sadm_nnunet_demo"), "--quick", "--output", str(output), *extra], env=env,
                           capture_output=True, text=True, timeout=1800)
