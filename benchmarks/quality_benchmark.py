@@ -4,6 +4,7 @@
                                            [--plot dice.png] [--tag NAME [--set key=value ...]
                                            [--set-denoiser key=value ...] [--predict-set key=value ...]
                                            [--sadm-trainer NAME] [--plain-trainer NAME]
+                                           [--stage1-trainer NAME [--stage1-epoch N]]
                                            [--configuration 2d|3d_fullres]]
 
 Protocol (the paper's, scaled to 2 CPU cores): the six healthy brains of `../shared/data/healthy_t1` are split
@@ -34,6 +35,11 @@ run's on the same subjects:
                              them); nothing is trained;
   --sadm-trainer / --plain-trainer NAME   other trainers, e.g. the training-length pair QualitySADMTrainer_3epochs
                              and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py);
+  --stage1-trainer NAME      another stage-I trainer: stage I and SADM are trained again;
+  --stage1-trainer NAME --stage1-epoch N
+                             SADM on a milestone of the stage-I learning curve (benchmarks/stage1_curve.py, e.g.
+                             Stage1CurveTrainer after 16 epochs): that training, done once per cohort in the base
+                             run's folder and shared by every variant, is not repeated; SADM is trained again;
   --configuration 3d_fullres the 3D pair: SADM on 3d_fullres_sadm (`sadm_nnunet_plan -c 3d_fullres`; the 2D stage I
                              reconstructs every slice of a 3D patch) vs plain nnU-Net on 3d_fullres; stage I reused.
 Variants leave out the DRAEM row. `--quick` (CI) runs one tiny seed at 6 mm.
@@ -83,6 +89,8 @@ class Variant:
     prediction: tuple[str, ...] = ()   # reconstruction.* / scoring.*: the base's trained SADM, predicted again
     sadm_trainer: str | None = None    # another SADM trainer (e.g. another training length)
     plain_trainer: str | None = None   # another plain nnU-Net trainer
+    stage1_trainer: str | None = None  # another stage-I trainer (alone: stage I retrained)
+    stage1_epoch: int | None = None    # with stage1_trainer: its export after N epochs, trained in the base folder
     configuration: str = "2d"          # stage II's nnU-Net configuration (3d_fullres: both models retrained in 3D)
 
 
@@ -95,7 +103,8 @@ def experiment(mode: str, seed: int, variant: Variant | None = None):
     cohort = CohortSpec(name=f"Q{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
                         seen_kind="tumour", unseen_kinds=("ms", "stroke"), zoom=m["source_mm"] / m["cohort"]["spacing"],
                         seed=seed, **m["cohort"])
-    return ExperimentSpec(cohort=cohort, stage1_trainer=m["stage1_trainer"],
+    return ExperimentSpec(cohort=cohort, stage1_trainer=v.stage1_trainer or m["stage1_trainer"],
+                          stage1_epoch=v.stage1_epoch,
                           sadm_trainer=v.sadm_trainer or m["sadm_trainer"],
                           plain_trainer=v.plain_trainer or m["plain_trainer"],
                           draem_trainer=None if variant else m["draem_trainer"],
@@ -131,11 +140,16 @@ class Reuse:
 
 def what_to_reuse(base, variant, prediction_overrides: tuple[str, ...]) -> Reuse:
     """A model is reused when nothing it depends on changed: stage I when the denoiser settings and trainer are the
-    base's; plain nnU-Net when its trainer and configuration are; SADM when stage I, its trainer, configuration and
-    training settings are (then only `prediction_overrides` change, which act on prediction and scoring)."""
-    stage1 = (variant.denoiser_overrides, variant.stage1_trainer) == (base.denoiser_overrides, base.stage1_trainer)
+    base's, or when the variant takes a milestone export of a training in the base folder (stage1_epoch: the
+    learning curve's); plain nnU-Net when its trainer and configuration are; SADM when the stage-I model, its
+    trainer, configuration and training settings are (then only `prediction_overrides` change, which act on
+    prediction and scoring)."""
+    same_denoiser = variant.denoiser_overrides == base.denoiser_overrides
+    same_stage1 = same_denoiser and ((variant.stage1_trainer, variant.stage1_epoch)
+                                     == (base.stage1_trainer, base.stage1_epoch))
+    stage1 = same_stage1 or (same_denoiser and variant.stage1_epoch is not None)
     same_configuration = variant.configuration == base.configuration
-    sadm = stage1 and same_configuration and ((variant.sadm_trainer, variant.sadm_overrides)
+    sadm = same_stage1 and same_configuration and ((variant.sadm_trainer, variant.sadm_overrides)
                                               == (base.sadm_trainer, base.sadm_overrides))
     reuse = Reuse(stage1=stage1, plain=same_configuration and variant.plain_trainer == base.plain_trainer, sadm=sadm)
     if reuse.sadm and not prediction_overrides:
@@ -193,6 +207,15 @@ def start_variant(base_dir: Path, workdir: Path, base, spec, prediction_override
         raise SystemExit(f"variant needs the finished base run {base_dir} (run without --tag first); its steps "
                          f"{missing} are not done")
     c = spec.cohort
+    if spec.stage1_epoch is not None:
+        from sadm_nnunet.diffusion.export import exported_epochs
+
+        fold = (base_dir / "nnUNet_results" / c.healthy_dataset
+                / f"{spec.stage1_trainer}__nnUNetPlans__{STAGE1_CONFIGURATION}" / "fold_all")
+        if spec.stage1_epoch not in exported_epochs(fold):
+            raise SystemExit(f"--stage1-epoch {spec.stage1_epoch}: {fold} has no export after that epoch (exports: "
+                             f"{exported_epochs(fold)}); train it first with `python benchmarks/stage1_curve.py "
+                             f"--seed {c.seed} --trainer {spec.stage1_trainer} --workdir {base_dir.parent}`")
     tmp = workdir.with_name(workdir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for folder in ("nnUNet_raw", "nnUNet_preprocessed", "evaluation") + (("predictions/nnunet",) if reuse.plain
@@ -322,6 +345,10 @@ def main(argv: list[str] | None = None) -> None:
                              "predicts again")
     parser.add_argument("--sadm-trainer", help="another SADM trainer (e.g. QualitySADMTrainer_3epochs)")
     parser.add_argument("--plain-trainer", help="another plain nnU-Net trainer (e.g. QualityPlainTrainer_3epochs)")
+    parser.add_argument("--stage1-trainer", help="another stage-I trainer (e.g. Stage1CurveTrainer)")
+    parser.add_argument("--stage1-epoch", type=int,
+                        help="with --stage1-trainer: SADM on that training's export after N epochs, trained in the "
+                             "base run's folder by benchmarks/stage1_curve.py (stage I is not trained again)")
     parser.add_argument("--configuration", choices=["2d", "3d_fullres"], default="2d",
                         help="stage II's nnU-Net configuration (3d_fullres: a variant; both models retrained)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -329,11 +356,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
-    variant = Variant(tuple(args.overrides), tuple(args.set_denoiser), tuple(args.predict_set), args.sadm_trainer,
-                      args.plain_trainer, args.configuration)
+    if args.stage1_epoch is not None and not args.stage1_trainer:
+        raise SystemExit("--stage1-epoch picks an export of one stage-I training: give --stage1-trainer as well")
+    variant = Variant(sadm=tuple(args.overrides), denoiser=tuple(args.set_denoiser),
+                      prediction=tuple(args.predict_set), sadm_trainer=args.sadm_trainer,
+                      plain_trainer=args.plain_trainer, stage1_trainer=args.stage1_trainer,
+                      stage1_epoch=args.stage1_epoch, configuration=args.configuration)
     if variant != Variant() and not args.tag:
-        raise SystemExit("--set, --set-denoiser, --predict-set, --sadm-trainer, --plain-trainer and --configuration "
-                         "describe a variant of the base run: give it a name with --tag")
+        raise SystemExit("--set, --set-denoiser, --predict-set, --sadm-trainer, --plain-trainer, --stage1-trainer and "
+                         "--configuration describe a variant of the base run: give it a name with --tag")
 
     from sadm_nnunet.experiment.pipeline import run_experiment
 

@@ -175,6 +175,18 @@ def fused_score(unsupervised: np.ndarray, p_seg: np.ndarray | None, beta: float)
             + (1.0 - beta) * np.asarray(p_seg, dtype=np.float32)).astype(np.float32, copy=False)
 
 
+def reconstruction_quality(maps: dict[str, np.ndarray]) -> dict[str, float]:
+    """How close a reconstruction is to its image, from `anomaly_maps`' output, over the mask: "l1", the mean
+    residual (the denoiser's units), and "ssim", the mean of 1 - "dissimilarity" (SSIM per voxel, clipped to [0, 1]
+    when the scoring settings clip the dissimilarity), with "voxels", the mask's size."""
+    mask = maps["brain_mask"]
+    voxels = int(mask.sum())
+    if voxels == 0:
+        return {"l1": float("nan"), "ssim": float("nan"), "voxels": 0}
+    return {"l1": float(maps["residual"][mask].mean()), "ssim": float(1.0 - maps["dissimilarity"][mask].mean()),
+            "voxels": voxels}
+
+
 def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarray | None, *, data_range: float,
                  scoring: ScoringSettings, slice_axis: int, brain: np.ndarray | None = None
                  ) -> dict[str, np.ndarray]:

@@ -61,13 +61,14 @@ class CaseScorer:
         return maps, pre
 
     def write(self, case: str, files: list[Path], output: Path, names: tuple[str, ...],
-              p_fg: ForegroundProbability | None = None) -> list[Path]:
+              p_fg: ForegroundProbability | None = None) -> dict[str, np.ndarray]:
         """Writes output/CASE_reconstruction_XXXX and output/CASE_NAME for each of `names` (keys of
-        `anomaly_maps`); returns the files written."""
+        `anomaly_maps`); returns all of the case's maps, written or not."""
         maps, pre = self.maps(files, p_fg, case)
         volumes = {k: v for k, v in maps.items() if k.startswith("reconstruction_")}
         volumes.update({name: maps[name] for name in names})
-        return write_volumes(output, case, volumes, self.dataset_json["file_ending"], pre.properties)
+        write_volumes(output, case, volumes, self.dataset_json["file_ending"], pre.properties)
+        return maps
 
     def settings_record(self) -> dict:
         """What the written maps depend on, for the output folder's settings file."""

@@ -112,6 +112,14 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
     assert (three_d.configuration, three_d.sadm_configuration) == ("3d_fullres", "3d_fullres_sadm")
     reuse = qb.what_to_reuse(base, three_d, ())  # the 3D pair: both stage-II models trained again, stage I kept
     assert reuse == qb.Reuse(stage1=True, plain=False, sadm=False)
+    # a milestone of the stage-I learning curve (trained in the base folder once per cohort): stage I copied from
+    # there, never trained again; SADM trained on it; plain nnU-Net kept
+    milestone = qb.experiment("full", 0, qb.Variant(stage1_trainer="Stage1CurveTrainer", stage1_epoch=16))
+    assert (milestone.stage1_trainer, milestone.stage1_epoch) == ("Stage1CurveTrainer", 16)
+    reuse = qb.what_to_reuse(base, milestone, ())
+    assert reuse == qb.Reuse(stage1=True, plain=True, sadm=False) and "train_stage1" in reuse.steps()
+    other = qb.experiment("full", 0, qb.Variant(stage1_trainer="Stage1CurveTrainer"))  # no epoch: trained anew
+    assert qb.what_to_reuse(base, other, ()) == qb.Reuse(stage1=False, plain=True, sadm=False)
     with pytest.raises(SystemExit, match="changes nothing"):
         qb.what_to_reuse(base, qb.experiment("full", 0, qb.Variant()), ())
     with pytest.raises(SystemExit, match="cannot be combined"):
@@ -199,3 +207,39 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
         assert numbers[name]["sadm"]["stroke/best_dice"]["diffs"]["0"] == pytest.approx(expected)
     table = (tmp_path / "comparison.md").read_text().splitlines()
     assert table[0].startswith("| run | method | seeds | tumour ⌈Dice⌉") and len(table) == 2 + 3 * 5 + 2
+
+    # the stage-I learning curve on the base run's cohort: one training with exports after epochs 1 and 2, each
+    # evaluated like the base run's unsupervised row, and the base run's own stage I as the reference row
+    curve = run_quick("stage1_curve.py", tmp_path, output="curve.json")
+    rows = {r["key"]: r for r in curve["rows"]}
+    assert list(rows) == ["base", "epoch_1", "epoch_2"] and curve["training_finished"]
+    assert [r["iterations"] for r in rows.values()] == [20, 10, 20]
+    assert 0 < rows["epoch_1"]["training_seconds"] < rows["epoch_2"]["training_seconds"]
+    for kind in ("tumour", "ms", "stroke"):  # the reference row is the quality benchmark's unsupervised row
+        for metric in ("best_dice", "auprc", "dice_at_threshold"):
+            assert rows["base"]["kinds"][kind][metric] == pytest.approx(
+                results["per_seed"]["0"]["unsupervised"][kind]["mean"][metric], abs=1e-6)
+    assert rows["base"]["healthy"]["fpr_healthy"] == pytest.approx(
+        results["per_seed"]["0"]["unsupervised"]["healthy"]["mean"]["fpr_healthy"], abs=1e-6)
+    for row in rows.values():
+        assert row["healthy"]["l1"] > 0 and 0 < row["healthy"]["ssim"] < 1
+    assert rows["epoch_1"]["kinds"] != rows["epoch_2"]["kinds"]  # two different exports
+    # evaluating again (e.g. after a later piece of a split training) reuses what was evaluated
+    again = run_quick("stage1_curve.py", tmp_path, "--evaluate-only", output="curve_again.json")
+    assert again["rows"] == curve["rows"]
+
+    # SADM on a milestone of the curve: stage I not trained again, its export after epoch 1 recorded and used; the
+    # variant's unsupervised row (sadm_nnunet_score with SADM's frozen copy of that denoiser) is the curve's row
+    milestone = run_quick("quality_benchmark.py", tmp_path, "--tag", "Curve", "--stage1-trainer",
+                          "Stage1CurveQuickTrainer", "--stage1-epoch", "1", output="milestone.json")
+    folder = work / "quickCurve_seed0"
+    assert retrained(folder, work / "quick_seed0") == ["train_sadm"]
+    plan_sadm = json.loads((folder / "steps" / "plan_sadm.json").read_text())["argv"]
+    assert plan_sadm[plan_sadm.index("--ddpm-trainer") + 1:][:3] == ["Stage1CurveQuickTrainer", "--ddpm-epoch", "1"]
+    sadm_plans = next((folder / "nnUNet_results").glob("*/QualityQuickSADMTrainer__*/plans.json"))
+    stage1 = json.loads(sadm_plans.read_text())["configurations"]["2d_sadm"]["sadm"]["stage1"]
+    assert (stage1["trainer"], stage1["epoch"]) == ("Stage1CurveQuickTrainer", 1)
+    for kind in ("tumour", "ms", "stroke"):
+        assert milestone["per_seed"]["0"]["unsupervised"][kind]["mean"]["best_dice"] == pytest.approx(
+            rows["epoch_1"]["kinds"][kind]["best_dice"], abs=1e-6)
+    assert milestone["per_seed"]["0"]["nnunet"] == results["per_seed"]["0"]["nnunet"]

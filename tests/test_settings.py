@@ -67,3 +67,18 @@ def test_floor_background_maps_numpy_and_torch_alike_with_a_reference():
                                [0.0, 1.2], rtol=1e-6)
     brain_mean = DiffusionSettings.from_dict({})
     np.testing.assert_allclose(brain_mean.to_model_space(recon, image), recon / 3)
+
+
+def test_stage1_record_reads_an_epoch_export_and_plans_written_without_one():
+    from tiny_plans import tiny_plans
+
+    from sadm_nnunet.segmentation.settings import SADMSettings
+
+    block = tiny_plans()["configurations"]["2d_sadm"]["sadm"]
+    assert block["stage1"]["epoch"] is None
+    old = {**block, "stage1": {k: v for k, v in block["stage1"].items() if k != "epoch"}}  # before exports existed
+    assert SADMSettings.from_dict(old).stage1.epoch is None
+    assert SADMSettings.from_dict({**block, "stage1": {**block["stage1"], "epoch": 16}}).stage1.epoch == 16
+    for bad in (0, "16", True, 2.5):
+        with pytest.raises(TypeError, match=r"sadm.stage1.epoch' must be an integer >= 1 or null, found"):
+            SADMSettings.from_dict({**block, "stage1": {**block["stage1"], "epoch": bad}})

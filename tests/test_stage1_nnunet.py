@@ -116,7 +116,49 @@ def test_reconstruct_command_writes_maps_in_the_input_geometry(trained_stage1, n
     assert np.all(unsupervised[~brain] == 0) and unsupervised[brain].max() > 0
     recorded = json.loads((out / "reconstruct_settings.json").read_text())
     assert recorded["cases"] == ["healthy_000", "healthy_001"] and recorded["median_size"] == 5
+    assert recorded["model"] == str(trained_stage1["fold"] / "diffusion_model") and recorded["epoch"] is None
     assert not list(out.glob(".*"))  # no temporary files left behind
+    # the reconstruction's closeness inside the brain: L1 is the mean written residual there, SSIM 1 - the mean
+    # unfiltered map (the unsupervised map is its median-filtered version: close, not equal)
+    quality = recorded["reconstruction_quality"]
+    case = quality["per_case"]["healthy_000"]
+    residual = np.asarray(nib.load(out / "healthy_000_residual.nii.gz").dataobj)
+    assert case["voxels"] == brain.sum() and case["l1"] == pytest.approx(residual[brain].mean(), rel=1e-5)
+    assert 0 < case["ssim"] < 1 and case["ssim"] == pytest.approx(1 - unsupervised[brain].mean(), abs=0.1)
+    assert quality["mean"]["l1"] == pytest.approx(np.mean([q["l1"] for q in quality["per_case"].values()]))
+    assert f"L1 {quality['mean']['l1']:.4f}, SSIM {quality['mean']['ssim']:.4f}" in proc.stdout
+
+
+def test_exports_after_chosen_epochs_reconstruct_with_the_command(trained_stage1, nnunet, healthy_dataset,
+                                                                  tmp_path):
+    fold = trained_stage1["fold"]
+    # the test trainer's export_epochs (1, 2): one export after epoch 1 (the interrupted run) and 2 (the resumed
+    # one); the end of training writes diffusion_model itself
+    assert sorted(p.name for p in fold.glob("diffusion_model*")) == [
+        "diffusion_model", "diffusion_model_epoch_1", "diffusion_model_epoch_2"]
+    assert f"exported to {fold / 'diffusion_model_epoch_2'}" in trained_stage1["second_log"]
+    weights = [load_diffusion_model(fold / name)[0].state_dict()
+               for name in ("diffusion_model_epoch_1", "diffusion_model_epoch_2", "diffusion_model")]
+    key = next(k for k in weights[0] if k.endswith("conv_in.weight"))
+    assert not torch.equal(weights[0][key], weights[1][key]) and not torch.equal(weights[1][key], weights[2][key])
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(nnunet.raw / healthy_dataset / "imagesTr" / "healthy_000_0000.nii.gz", images)
+    outputs = {}
+    for epoch in (None, 2):
+        out = tmp_path / f"out_{epoch}"
+        nnunet.run("sadm_nnunet_reconstruct", "-i", images, "-o", out, "-d", HEALTHY_ID, "-tr", TRAINER,
+                   *(["--epoch", str(epoch)] if epoch else []))
+        recorded = json.loads((out / "reconstruct_settings.json").read_text())
+        assert recorded["epoch"] == epoch and recorded["model"].endswith(
+            "diffusion_model" + (f"_epoch_{epoch}" if epoch else ""))
+        outputs[epoch] = np.asarray(nib.load(out / "healthy_000_reconstruction_0000.nii.gz").dataobj)
+    assert not np.array_equal(outputs[None], outputs[2])
+    proc = nnunet.run("sadm_nnunet_reconstruct", "-i", images, "-o", tmp_path / "o7", "-d", HEALTHY_ID, "-tr",
+                      TRAINER, "--epoch", "7", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{fold / 'diffusion_model_epoch_7'} does not exist; {fold} holds exports after epochs [1, 2]" in (
+        proc.stderr) and not (tmp_path / "o7").exists()
 
 
 def test_reconstruct_command_rejects_wrong_channels_and_file_endings(trained_stage1, nnunet, healthy_dataset,

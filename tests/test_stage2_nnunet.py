@@ -26,7 +26,7 @@ def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sa
     block = config["sadm"]
     assert block["input_mode"] == "image+residual"
     assert block["stage1"] == {"dataset": f"Dataset{HEALTHY_ID}_Healthy", "trainer": STAGE1_TRAINER,
-                               "plans": "nnUNetPlans", "configuration": "2d", "fold": "all"}
+                               "plans": "nnUNetPlans", "configuration": "2d", "fold": "all", "epoch": None}
     assert block["denoiser"]["in_channels"] == 1 and block["diffusion"]["unet"]["base_channels"] == 8
     assert sadm_planned.returncode == 0
     # re-running with a setting keeps everything else and validates the value
@@ -39,6 +39,24 @@ def test_plan_writes_an_inheriting_configuration_and_is_safe_to_rerun(nnunet, sa
                      check=False)
     assert bad.returncode != 0 and "sadm.input_mode' is 'image'" in bad.stderr
     assert json.loads(plans_path.read_text())["configurations"]["2d_sadm"]["sadm"] == block  # untouched
+
+
+def test_plan_records_a_stage1_export_after_chosen_epochs(nnunet, sadm_planned, lesion_dataset):
+    folder = nnunet.preprocessed / lesion_dataset
+    (folder / "EpochPlans.json").write_text((folder / "nnUNetPlans.json").read_text())  # the other tests' untouched
+    proc = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-p", "EpochPlans", "--ddpm-trainer",
+                      STAGE1_TRAINER, "--ddpm-epoch", "1")
+    export = nnunet.fold_folder(f"Dataset{HEALTHY_ID}_Healthy", STAGE1_TRAINER) / "diffusion_model_epoch_1"
+    assert f"Stage-I model: {export}" in proc.stdout
+    block = json.loads((folder / "EpochPlans.json").read_text())["configurations"]["2d_sadm"]["sadm"]
+    assert block["stage1"]["epoch"] == 1 and block["stage1"]["trainer"] == STAGE1_TRAINER
+    for extra, message in ((["--ddpm-trainer", STAGE1_TRAINER, "--ddpm-epoch", "9"],
+                            f"{export.parent / 'diffusion_model_epoch_9'} does not exist; {export.parent} holds "
+                            f"exports after epochs [1, 2]"),
+                           (["--ddpm-epoch", "1"], "name the trainer with --ddpm-trainer")):
+        bad = nnunet.run("sadm_nnunet_plan", LESION_ID, "--ddpm", HEALTHY_ID, "-p", "EpochPlans", *extra,
+                         check=False)
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, lesion_dataset):

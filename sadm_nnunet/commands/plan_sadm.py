@@ -1,13 +1,15 @@
 """`sadm_nnunet_plan`: writes an SADM configuration into a target dataset's nnU-Net plans.
 
     sadm_nnunet_plan TARGET --ddpm HEALTHY [-c 2d|3d_fullres|3d_lowres] [--fold all] [--name 2d_sadm] [-p nnUNetPlans]
-                     [--ddpm-trainer SADMDiffusionTrainer] [--set input_mode=image+reconstruction ...]
+                     [--ddpm-trainer SADMDiffusionTrainer [--ddpm-epoch N]] [--set input_mode=image+reconstruction ...]
 
 The new configuration (default '<configuration>_sadm', e.g. '2d_sadm' or '3d_fullres_sadm') inherits from `-c` and
 reuses its preprocessed data; in a 3D configuration the (2D) stage-I denoiser reconstructs every slice of a patch
 along the axis the '2d' configuration slices, so its in-plane spacing must match the denoiser's; it records the
 stage-I model (HEALTHY's trained SADMDiffusionTrainer*, fold --fold), that model's settings and architecture, and
-the SADM settings (template plans/sadm.json). Then train with `nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.
+the SADM settings (template plans/sadm.json); `--ddpm-epoch N` records that training's export after N epochs
+(FOLD/diffusion_model_epoch_N, from a trainer with `export_epochs`) instead of its final model. Then train with
+`nnUNetv2_train TARGET 2d_sadm FOLD -tr SADMTrainer`.
 The stage-I model must have been trained on data preprocessed like the target's (channels, normalisation, target
 spacing, slice orientation); otherwise the command refuses and prints how to transfer the plans (or, for other
 channels, says that stage I must be trained on healthy data with the target's channels). Re-running it is safe:
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", default="all", help="fold of the stage-I model (default: all)")
     parser.add_argument("--ddpm-trainer", default=None,
                         help="stage-I trainer (default: the only trained SADMDiffusionTrainer* of HEALTHY)")
+    parser.add_argument("--ddpm-epoch", type=int, default=None,
+                        help="the stage-I training's export after N epochs (diffusion_model_epoch_N) instead of its "
+                             "final model")
     parser.add_argument("--ddpm-plans", default="nnUNetPlans", help="plans identifier of the stage-I model")
     parser.add_argument("--ddpm-configuration", default="2d", help="configuration of the stage-I model")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SADM settings to override")
@@ -53,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"--name must differ from the inherited configuration '{args.configuration}'")
 
     healthy = dataset_name(args.ddpm)
-    stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold)
+    stage1 = find_stage1_model(healthy, args.ddpm_trainer, args.ddpm_plans, args.ddpm_configuration, args.fold,
+                               args.ddpm_epoch)
     stage1_plans, stage1_dataset_json = stage1_plans_and_dataset_json(stage1)
     target_dataset_json = read_json(path.parent / "dataset.json", "dataset file")
     errors = compatibility_errors(stage1_plans, stage1_dataset_json, plans, target_dataset_json,
@@ -99,6 +105,7 @@ def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args:
              f"{args.configuration}"]
     for option, value, default in (("--name", args.name, None), ("--fold", args.fold, "all"),
                                    ("--ddpm-trainer", args.ddpm_trainer, None),
+                                   ("--ddpm-epoch", args.ddpm_epoch, None),
                                    ("--ddpm-plans", args.ddpm_plans, "nnUNetPlans"),
                                    ("--ddpm-configuration", args.ddpm_configuration, "2d")):
         if value != default:

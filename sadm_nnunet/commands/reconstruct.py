@@ -2,12 +2,13 @@
 stage-I model alone (no stage-II model needed).
 
     sadm_nnunet_reconstruct -i IMAGES -o OUT -d HEALTHY [-c 2d] [-f all] [-tr SADMDiffusionTrainer] [-p nnUNetPlans]
-                            [--method single_step|iterative] [--patch-grid N] [--device cpu|cuda]
+                            [--epoch N] [--method single_step|iterative] [--patch-grid N] [--device cpu|cuda]
 
 IMAGES holds raw images in nnU-Net naming (CASE_0000.nii.gz, CASE_0001.nii.gz, ...). Each case goes the same way as
 in sadm_nnunet_score (sadm_nnunet/scoring.py): preprocessed exactly as nnU-Net does for the stage-I model's plans,
 reconstructed whole slice by whole slice with the exported diffusion model (FOLD/diffusion_model, safetensors; a
-cDDPM model conditions on each slice), and written in the input's geometry:
+cDDPM model conditions on each slice; `--epoch N`: the one exported after N epochs, FOLD/diffusion_model_epoch_N,
+which a trainer with `export_epochs` writes during training), and written in the input's geometry:
   CASE_reconstruction_XXXX<ending>  the reconstruction of channel XXXX, in the input's intensity units
   CASE_residual<ending>             |input - reconstruction| in the denoiser's units (z-scores / intensity_scale),
                                     mean over channels, 0 outside the brain
@@ -15,7 +16,10 @@ cDDPM model conditions on each slice), and written in the input's geometry:
                                     (Gaussian window sigma 1, size 9, 2D per slice), 3D median filter, restricted to
                                     the brain, with the scoring settings of the template plans/sadm.json
 With the same denoiser, CASE_unsupervised equals sadm_nnunet_score --beta 1's (which reads its scoring settings
-from the SADM model's plans: the same unless changed there).
+from the SADM model's plans: the same unless changed there). OUT/reconstruct_settings.json records the model, the
+settings and, per case and on average, how close the reconstruction is to the input inside the brain: L1 (the
+denoiser's units, as CASE_residual) and SSIM (1 - the unfiltered map; on healthy brains, the reconstruction error
+that stage I's validation also reports).
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
+import numpy as np
+
+from sadm_nnunet.anomaly_maps import reconstruction_quality
+from sadm_nnunet.diffusion.export import export_folder, load_diffusion_model
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
 from sadm_nnunet.errors import one_line_errors
 from sadm_nnunet.io_utils import read_json, write_json_atomic
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-f", "--fold", default="all")
     parser.add_argument("-tr", "--trainer", default="SADMDiffusionTrainer")
     parser.add_argument("-p", "--plans", default="nnUNetPlans")
+    parser.add_argument("--epoch", type=int, help="the model exported after N epochs (FOLD/diffusion_model_epoch_N; "
+                                                  "default: the model at the end of training)")
     parser.add_argument("--method", choices=["single_step", "iterative"], help="override the plans' method")
     parser.add_argument("--patch-grid", type=int, help="pDDPM grid size (1 = whole slice)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     base = model_folder(args.dataset, args.trainer, args.plans, args.configuration)
     fold_folder = base / f"fold_{args.fold}"
-    unet, settings = load_diffusion_model(fold_folder / EXPORT_FOLDER_NAME, args.device)
+    model = export_folder(fold_folder, args.epoch)  # an unknown --epoch: the error lists the exports
+    unet, settings = load_diffusion_model(model, args.device)
     options = settings.reconstruction
     if args.method:
         options = replace(options, method=args.method)
@@ -80,11 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     cases = find_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
     args.output.mkdir(parents=True, exist_ok=True)
     conditioned = ", conditioned on each slice (cDDPM)" if settings.conditioning.encoder else ""
-    print(f"Reconstructing {len(cases)} case(s) with {base.name}/{fold_folder.name} ({options.method}{conditioned}, "
-          f"noise levels {list(options.noise_levels)}, {reconstructor.passes_per_slice()} network passes per slice)")
+    print(f"Reconstructing {len(cases)} case(s) with {base.name}/{fold_folder.name}/{model.name} "
+          f"({options.method}{conditioned}, noise levels {list(options.noise_levels)}, "
+          f"{reconstructor.passes_per_slice()} network passes per slice)")
+    quality = {}
     for case, files in tqdm(cases.items(), desc="reconstruct", unit="case"):
-        scorer.write(case, files, args.output, MAPS)
-    write_json_atomic({"model": str(fold_folder), **scorer.settings_record(), "cases": sorted(cases)},
+        quality[case] = reconstruction_quality(scorer.write(case, files, args.output, MAPS))
+    mean = {k: float(np.nanmean([q[k] for q in quality.values()])) for k in ("l1", "ssim")}
+    write_json_atomic({"model": str(model), "epoch": args.epoch, **scorer.settings_record(), "cases": sorted(cases),
+                       "reconstruction_quality": {"mean": mean, "per_case": quality}},
                       args.output / SETTINGS_FILE)
     print(f"Wrote CASE_reconstruction_XXXX, CASE_residual and CASE_unsupervised{dataset_json['file_ending']} for "
-          f"{len(cases)} case(s) to {args.output}")
+          f"{len(cases)} case(s) to {args.output}; reconstruction inside the brain, mean over cases: "
+          f"L1 {mean['l1']:.4f}, SSIM {mean['ssim']:.4f}")

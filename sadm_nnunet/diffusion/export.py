@@ -19,12 +19,41 @@ from diffusers import DDPMPipeline, UNet2DModel
 from sadm_nnunet.diffusion.encoder import ImageEncoder
 from sadm_nnunet.diffusion.model import ConditionedUNet, make_scheduler, parts
 from sadm_nnunet.diffusion.settings import DiffusionSettings, encoder_config
+from sadm_nnunet.errors import InputError
 from sadm_nnunet.io_utils import atomic_folder, write_json_atomic
 
-EXPORT_FOLDER_NAME = "diffusion_model"
+EXPORT_FOLDER_NAME = "diffusion_model"  # FOLD/diffusion_model: the model at the end of training
 SETTINGS_FILE = "sadm_diffusion.json"
 ENCODER_FOLDER = "image_encoder"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def epoch_export_folder_name(epoch: int) -> str:
+    """FOLD/diffusion_model_epoch_N: the EMA denoiser after N epochs, written during training when the trainer's
+    `export_epochs` holds N (e.g. for a stage-I learning curve)."""
+    return f"{EXPORT_FOLDER_NAME}_epoch_{int(epoch)}"
+
+
+def exported_epochs(fold_folder: str | Path) -> list[int]:
+    """The N of every FOLD/diffusion_model_epoch_N in a training's fold folder, ascending."""
+    prefix = epoch_export_folder_name(0)[:-1]
+    return sorted(int(p.name[len(prefix):]) for p in Path(fold_folder).glob(f"{prefix}*")
+                  if p.is_dir() and p.name[len(prefix):].isdigit())
+
+
+def export_folder(fold_folder: str | Path, epoch: int | None = None) -> Path:
+    """FOLD/diffusion_model, or FOLD/diffusion_model_epoch_N for `epoch` N; for a missing epoch export an InputError
+    lists the exports there are."""
+    fold_folder = Path(fold_folder)
+    if epoch is None:
+        return fold_folder / EXPORT_FOLDER_NAME
+    folder = fold_folder / epoch_export_folder_name(epoch)
+    if not folder.is_dir():
+        found = exported_epochs(fold_folder)
+        raise InputError(f"{folder} does not exist; {fold_folder} holds exports after epochs "
+                         f"{found if found else '(none)'}. An export after N epochs is written during training by a "
+                         f"stage-I trainer whose export_epochs holds N")
+    return folder
 
 
 def save_diffusion_model(model: UNet2DModel | ConditionedUNet, settings: DiffusionSettings,

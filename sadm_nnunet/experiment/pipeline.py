@@ -64,6 +64,7 @@ class ExperimentSpec:
     figures: bool = True
     extra: dict = field(default_factory=dict)  # recorded only (e.g. the source of the brains)
     configuration: str = "2d"  # nnU-Net configuration of the stage-II models (plain nnU-Net; SADM: its _sadm twin)
+    stage1_epoch: int | None = None  # SADM on stage I's export after this many epochs (sadm_nnunet_plan --ddpm-epoch)
 
     @property
     def sadm_configuration(self) -> str:
@@ -249,6 +250,7 @@ def run_experiment(spec: ExperimentSpec, workdir: Path, brains: Callable[[], tup
     steps.command("plan_sadm", f"SADM configuration ({spec.sadm_configuration}) into the labelled dataset's plans",
                   ["sadm_nnunet_plan", c.labelled_id, "--ddpm", c.healthy_id, "--ddpm-trainer",
                    spec.stage1_trainer]
+                  + (["--ddpm-epoch", str(spec.stage1_epoch)] if spec.stage1_epoch is not None else [])
                   + (["-c", spec.configuration] if spec.configuration != STAGE1_CONFIGURATION else [])
                   + (["--set", *spec.sadm_overrides] if spec.sadm_overrides else []))
     for key, configuration, trainer in models:

@@ -93,6 +93,7 @@ class Stage1Model:
     plans: str
     configuration: str
     fold: str
+    epoch: int | None = None  # the export after N epochs (FOLD/diffusion_model_epoch_N); None: the final model
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class SADMSettings:
             prediction_ensemble=str(full["prediction_ensemble"]),
             synthetic_anomalies=build_dataclass(SyntheticAnomalySettings, full["synthetic_anomalies"],
                                                 f"{where}.synthetic_anomalies"),
-            stage1=build_dataclass(Stage1Model, block["stage1"], f"{where}.stage1"),
+            stage1=stage1_model(block["stage1"], f"{where}.stage1"),
             diffusion=diffusion,
             denoiser=dict(block["denoiser"]),
             scoring=ScoringSettings.from_dict(full["scoring"], f"{where}.scoring"),
@@ -173,10 +174,19 @@ def merged_user_settings(block: dict, where: str = PLANS_KEY) -> dict:
     return full
 
 
+def stage1_model(record: dict, where: str) -> Stage1Model:
+    """The recorded stage-I model; `epoch` may be absent (plans written before it existed: the final model)."""
+    epoch = record.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1):
+        raise TypeError(f"Setting '{where}.epoch' must be an integer >= 1 or null, found {epoch!r}")
+    return build_dataclass(Stage1Model, {**record, "epoch": epoch}, where)
+
+
 def sadm_block(user: dict, stage1: Stage1Model, diffusion: DiffusionSettings, denoiser: dict) -> dict:
     """The complete plans block: the template merged with the user's settings, plus the stage-I record."""
     block = merged_user_settings(user)
-    block["stage1"] = {k: getattr(stage1, k) for k in ("dataset", "trainer", "plans", "configuration", "fold")}
+    block["stage1"] = {k: getattr(stage1, k)
+                       for k in ("dataset", "trainer", "plans", "configuration", "fold", "epoch")}
     block["diffusion"] = diffusion.to_dict()
     block["denoiser"] = {k: list(v) if isinstance(v, tuple) else v for k, v in denoiser.items()}
     return block

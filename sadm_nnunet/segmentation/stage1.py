@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DModel
 
 from sadm_nnunet.diffusion.model import ConditionedUNet, parts
-from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, load_diffusion_model
+from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, export_folder, load_diffusion_model
 from sadm_nnunet.diffusion.settings import encoder_config
 from sadm_nnunet.errors import InputError
 from sadm_nnunet.io_utils import read_json
@@ -34,12 +34,22 @@ def training_folder(model: Stage1Model) -> Path:
 
 
 def model_folder(model: Stage1Model) -> Path:
-    """The exported diffusers folder of a stage-I model (written at the end of its training)."""
-    return training_folder(model) / f"fold_{model.fold}" / EXPORT_FOLDER_NAME
+    """The exported diffusers folder of a stage-I model: written at the end of its training, or with `epoch` N
+    after N epochs (an InputError lists the exports there are when that one is missing)."""
+    return export_folder(training_folder(model) / f"fold_{model.fold}", model.epoch)
 
 
-def find_stage1_model(dataset: str, trainer: str | None, plans: str, configuration: str, fold: str) -> Stage1Model:
-    """The stage-I model of `dataset`; with `trainer=None` the only trained SADMDiffusionTrainer* there."""
+def find_stage1_model(dataset: str, trainer: str | None, plans: str, configuration: str, fold: str,
+                      epoch: int | None = None) -> Stage1Model:
+    """The stage-I model of `dataset`; with `trainer=None` the only trained SADMDiffusionTrainer* there; `epoch`:
+    its export after that many epochs instead of the final model."""
+    if epoch is not None:
+        if trainer is None:
+            raise InputError("--ddpm-epoch picks an export of one stage-I training: name the trainer with "
+                             "--ddpm-trainer as well")
+        model = Stage1Model(dataset, trainer, plans, configuration, str(fold), int(epoch))
+        model_folder(model)  # the export exists
+        return model
     if trainer is not None:
         model = Stage1Model(dataset, trainer, plans, configuration, str(fold))
         if not model_folder(model).is_dir():

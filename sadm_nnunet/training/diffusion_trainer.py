@@ -26,7 +26,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from sadm_nnunet.anomaly_maps import masked_mean, ssim_map
-from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, save_diffusion_model
+from sadm_nnunet.diffusion.export import EXPORT_FOLDER_NAME, epoch_export_folder_name, save_diffusion_model
 from sadm_nnunet.diffusion.model import EMADenoiser, make_scheduler
 from sadm_nnunet.diffusion.noise import sample_noise
 from sadm_nnunet.diffusion.reconstruction import Reconstructor
@@ -58,6 +58,9 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
     """Trains the stage-I denoiser on a healthy nnU-Net dataset (labels must be all background)."""
 
     image_encoder: str | None = None  # cDDPM conditioning this trainer trains (conditioning.encoder)
+    # epoch counts N (from 1) after which the EMA denoiser is also exported to FOLD/diffusion_model_epoch_N, to
+    # compare lengths of one training (`sadm_nnunet_reconstruct --epoch N`, benchmarks/stage1_curve.py)
+    export_epochs: tuple[int, ...] = ()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -209,11 +212,21 @@ class SADMDiffusionTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTraine
                     f"checkpoint_best.pth",)
         super().print_to_log_file(*args, also_print_to_console=also_print_to_console, add_timestamp=add_timestamp)
 
+    def on_epoch_end(self):
+        # before nnU-Net's on_epoch_end writes checkpoint_latest: a run stopped in between repeats the epoch after
+        # `--c` and writes its export again, so no export is missing from a resumed run
+        done = self.current_epoch + 1
+        if done in self.export_epochs:
+            self._export_denoiser(epoch_export_folder_name(done))
+        super().on_epoch_end()
+
     def on_train_end(self):
         super().on_train_end()
+        self._export_denoiser(EXPORT_FOLDER_NAME)
+
+    def _export_denoiser(self, name: str) -> None:
         if self.local_rank == 0:
-            folder = save_diffusion_model(self.denoiser().ema, self.settings,
-                                          join(self.output_folder, EXPORT_FOLDER_NAME))
+            folder = save_diffusion_model(self.denoiser().ema, self.settings, join(self.output_folder, name))
             self.print_to_log_file(f"Diffusion model (EMA weights) exported to {folder}")
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -262,10 +275,12 @@ class SADMDiffusionTrainer_2epochs_10its(SADMDiffusionTrainer):
 
 
 class SADMDiffusionTrainer_3epochs_100its(SADMDiffusionTrainer):
-    """For tests: 300 iterations in 3 epochs; 10 validation batches average out the random validation patches."""
+    """For tests: 300 iterations in 3 epochs; 10 validation batches average out the random validation patches; the
+    denoiser exported after epochs 1 and 2 as well."""
 
     run_length = {"num_epochs": 3, "num_iterations_per_epoch": 100, "num_val_iterations_per_epoch": 10,
                   "save_every": 1}
+    export_epochs = (1, 2)
 
 
 class SADMDiffusionTrainer_cDDPM(SADMDiffusionTrainer):
