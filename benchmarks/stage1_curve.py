@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from quality_benchmark import experiment
 
-    from sadm_nnunet.commands.reconstruct import exported_epochs
+    from sadm_nnunet.diffusion.export import exported_epochs
     from sadm_nnunet.experiment.cohort import load_cohort
     from sadm_nnunet.experiment.pipeline import STAGE1_CONFIGURATION
     from sadm_nnunet.experiment.steps import Steps, clean_env
