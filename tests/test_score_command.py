@@ -107,9 +107,12 @@ def test_unsupervised_baseline_needs_no_predictions(scored, nnunet, lesion_datas
         np.testing.assert_allclose(load(stage1 / f"{case}_unsupervised.nii.gz"), unsupervised, rtol=0, atol=1e-4)
         assert unsupervised.max() > 0.05
     recorded = json.loads((stage1 / "reconstruct_settings.json").read_text())
-    assert {k: v for k, v in recorded.items() if k not in ("model", "cases", "beta")} == \
+    # the stage-I command also records which export it used and how well it reconstructs
+    assert recorded["epoch"] is None and set(recorded["reconstruction_quality"]["per_case"]) == set(cases_of(nnunet, lesion_dataset))
+    own = ("model", "cases", "beta", "epoch", "reconstruction_quality")
+    assert {k: v for k, v in recorded.items() if k not in own} == \
         {k: v for k, v in json.loads((baseline / "score_settings.json").read_text()).items()
-         if k in recorded and k not in ("model", "cases", "beta")}
+         if k in recorded and k not in own}
     proc = nnunet.run(*score_args(nnunet, lesion_dataset, tmp_path / "o"), check=False)
     assert proc.returncode != 0 and "-pred PREDICTIONS is required" in proc.stderr and "beta is 0.5" in proc.stderr
 
