@@ -202,7 +202,8 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
     the brain eroded by scoring.mask_erosion ("the mask" below); p_seg is restricted to the mask as well.
     Returns float32 (Z, Y, X) maps, 0 outside the mask, and the mask:
       "residual"      |image - reconstruction| (channel mean)
-      "dissimilarity" 1 - SSIM, not filtered (clipped to [0, 1] with scoring.clip_dissimilarity)
+      "dissimilarity" 1 - SSIM of image + scoring.ssim_offset and reconstruction + scoring.ssim_offset, not
+                      filtered (clipped to [0, 1] with scoring.clip_dissimilarity)
       "unsupervised"  1 - SSIM after the 3D median filter: the unsupervised (reconstruction-only) anomaly map
       "score"         AS = beta * unsupervised + (1 - beta) * p_seg, then small components removed if asked
       "brain_mask"    bool, the mask
@@ -223,7 +224,8 @@ def anomaly_maps(image: np.ndarray, reconstruction: np.ndarray, p_seg: np.ndarra
         raise ValueError(f"brain mask has shape {np.shape(brain)}; the image's spatial shape is {spatial}")
     brain = np.asarray(brain, dtype=bool)
     mask = erode_mask(brain, scoring.mask_erosion)
-    dissimilarity = dissimilarity_map(image, reconstruction, data_range, slice_axis,
+    offset = scoring.ssim_offset  # SSIM's luminance term depends on where 0 lies (plans/sadm.json)
+    dissimilarity = dissimilarity_map(image + offset, reconstruction + offset, data_range, slice_axis,
                                       dimensions=scoring.ssim_dimensions)
     if scoring.clip_dissimilarity:
         dissimilarity = np.clip(dissimilarity, 0.0, 1.0)

@@ -74,7 +74,7 @@ class CaseScorer:
         """What the written maps depend on, for the output folder's settings file."""
         r = self.diffusion.reconstruction
         return {"beta": self.scoring.beta, "median_size": self.scoring.median_size,
-                "ssim_dimensions": self.scoring.ssim_dimensions,
+                "ssim_dimensions": self.scoring.ssim_dimensions, "ssim_offset": self.scoring.ssim_offset,
                 "clip_dissimilarity": self.scoring.clip_dissimilarity, "mask_erosion": self.scoring.mask_erosion,
                 "min_component_size": self.scoring.min_component_size,
                 "component_threshold": self.scoring.component_threshold, "slice_axis": self.slice_axis,

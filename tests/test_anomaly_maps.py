@@ -80,6 +80,31 @@ def test_3d_dissimilarity_is_volumetric_ssim_computed_by_hand():
         dissimilarity_map(image[:8], recon[:8], 2.0, 0, dimensions=3)
 
 
+def test_ssim_offset_shifts_both_volumes_before_ssim():
+    """scoring.ssim_offset: 1 - SSIM of (image + offset, reconstruction + offset). On a zero-mean texture (nnU-Net's
+    z-scores inside the brain) a small uniform offset of the reconstruction is a large dissimilarity at offset 0
+    (SSIM's luminance term divides by the local means' squares) and a small one at offset 1."""
+    rng = np.random.default_rng(3)
+    image = np.zeros((10, 24, 24), np.float32)
+    image[1:-1, 2:-2, 2:-2] = rng.normal(0.0, 0.3, (8, 20, 20))
+    brain = image != 0
+    recon = image + np.float32(0.05) * brain  # 0.15 z-score units brighter, structure intact
+    maps = {o: anomaly_maps(image, recon, None, data_range=2.0, slice_axis=0, scoring=scoring(beta=1.0, ssim_offset=o))
+            for o in (0.0, 1.0)}
+    for o, m in maps.items():
+        expected = np.clip(dissimilarity_map(image + o, recon + o, 2.0, 0, dimensions=2), 0, 1)
+        np.testing.assert_allclose(m["dissimilarity"], np.where(brain, expected, 0), atol=1e-6)
+    inside = maps[0.0]["brain_mask"]
+    assert maps[0.0]["dissimilarity"][inside].mean() > 0.1
+    assert maps[1.0]["dissimilarity"][inside].mean() < 0.01
+    # a structural change is still found with the offset
+    changed = recon.copy()
+    changed[4:7, 8:14, 8:14] = 0.5
+    d = anomaly_maps(image, changed, None, data_range=2.0, slice_axis=0,
+                     scoring=scoring(beta=1.0, ssim_offset=1.0))["dissimilarity"]
+    assert d[4:7, 9:13, 9:13].mean() > 10 * maps[1.0]["dissimilarity"][inside].mean()
+
+
 def test_median_filter_matches_brute_force_and_removes_a_spike():
     rng = np.random.default_rng(1)
     v = rng.random((9, 10, 11)).astype(np.float32)

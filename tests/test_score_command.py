@@ -271,12 +271,13 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
         return ScoringSettings.from_dict(merged_user_settings(user)["scoring"])
 
     # a block without 'scoring' (plans written before it existed) gets the template's paper defaults
-    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, ssim_dimensions=2, clip_dissimilarity=True,
+    assert scoring({}) == ScoringSettings(beta=0.5, median_size=5, ssim_dimensions=2, ssim_offset=0.0,
+                                          clip_dissimilarity=True,
                                           mask_erosion=0,
                                           min_component_size=0, component_threshold=None)
     assert scoring({"scoring": {"beta": 0.7}}).beta == 0.7
     assert scoring({}) == ScoringSettings.template()
-    assert scoring({}).with_beta(1.0) == ScoringSettings(beta=1.0, median_size=5, ssim_dimensions=2,
+    assert scoring({}).with_beta(1.0) == ScoringSettings(beta=1.0, median_size=5, ssim_dimensions=2, ssim_offset=0.0,
                                                          clip_dissimilarity=True,
                                                          mask_erosion=0, min_component_size=0,
                                                          component_threshold=None)
@@ -295,6 +296,11 @@ def test_scoring_settings_defaults_strictness_and_plans_written_before_the_block
     assert scoring({"scoring": {"ssim_dimensions": 3}}).ssim_dimensions == 3
     with pytest.raises(ValueError, match=r"'sadm.scoring.ssim_dimensions' is 4; expected 2 \(per slice\) or 3"):
         scoring({"scoring": {"ssim_dimensions": 4}})
+    assert scoring({"scoring": {"ssim_offset": 1}}).ssim_offset == 1.0
+    with pytest.raises(ValueError, match=r"'sadm.scoring.ssim_offset' is -1.0; expected a finite number >= 0"):
+        scoring({"scoring": {"ssim_offset": -1}})
+    with pytest.raises(TypeError, match="'sadm.scoring.ssim_offset' must be a number, found None"):
+        scoring({"scoring": {"ssim_offset": None}})
     with pytest.raises(TypeError, match="'sadm.scoring.clip_dissimilarity' must be true or false"):
         scoring({"scoring": {"clip_dissimilarity": "yes"}})
     with pytest.raises(ValueError, match="component_threshold.*since min_component_size is 3"):

@@ -37,6 +37,7 @@ class ScoringSettings:
     beta: float
     median_size: int
     ssim_dimensions: int
+    ssim_offset: float
     clip_dissimilarity: bool
     mask_erosion: int
     min_component_size: int
@@ -45,11 +46,12 @@ class ScoringSettings:
     @classmethod
     def from_dict(cls, d: dict, where: str = f"{PLANS_KEY}.scoring") -> "ScoringSettings":
         """Strict: every key of the template, numbers of the right type (component_threshold may be null)."""
-        for key in ("beta", "component_threshold"):
+        for key in ("beta", "ssim_offset", "component_threshold"):
             value = d[key]
-            if (value is None and key == "beta") or isinstance(value, (bool, str)) or \
+            nullable = key == "component_threshold"
+            if (value is None and not nullable) or isinstance(value, (bool, str)) or \
                     not isinstance(value, (int, float, type(None))):
-                raise TypeError(f"Setting '{where}.{key}' must be a number{' or null' if key != 'beta' else ''}, "
+                raise TypeError(f"Setting '{where}.{key}' must be a number{' or null' if nullable else ''}, "
                                 f"found {value!r}")
         if not isinstance(d["clip_dissimilarity"], bool):
             raise TypeError(f"Setting '{where}.clip_dissimilarity' must be true or false, found "
@@ -64,6 +66,8 @@ class ScoringSettings:
         check = setting_checker(where)
         check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
         check(self.ssim_dimensions in (2, 3), "ssim_dimensions", self.ssim_dimensions, "2 (per slice) or 3 (volume)")
+        check(math.isfinite(self.ssim_offset) and self.ssim_offset >= 0, "ssim_offset", self.ssim_offset,
+              "a finite number >= 0")
         for key in ("median_size", "mask_erosion", "min_component_size"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         t = self.component_threshold
