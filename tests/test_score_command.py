@@ -95,7 +95,8 @@ def test_unsupervised_baseline_needs_no_predictions(scored, nnunet, lesion_datas
     stage1 = tmp_path / "stage1"
     nnunet.run("sadm_nnunet_reconstruct", "-i", nnunet.raw / lesion_dataset / "imagesTs", "-o", stage1, "-d",
                HEALTHY_ID, "-tr", STAGE1_TRAINER, "--device", "cpu")
-    for case in cases_of(nnunet, lesion_dataset):
+    cases = cases_of(nnunet, lesion_dataset)
+    for case in cases:
         unsupervised = load(baseline / f"{case}_unsupervised.nii.gz")
         np.testing.assert_array_equal(load(baseline / f"{case}_score.nii.gz"), unsupervised)
         # the reconstruction is deterministic and does not depend on the probabilities
@@ -108,7 +109,7 @@ def test_unsupervised_baseline_needs_no_predictions(scored, nnunet, lesion_datas
         assert unsupervised.max() > 0.05
     recorded = json.loads((stage1 / "reconstruct_settings.json").read_text())
     # the stage-I command also records which export it used and how well it reconstructs
-    assert recorded["epoch"] is None and set(recorded["reconstruction_quality"]["per_case"]) == set(cases_of(nnunet, lesion_dataset))
+    assert recorded["epoch"] is None and set(recorded["reconstruction_quality"]["per_case"]) == set(cases)
     own = ("model", "cases", "beta", "epoch", "reconstruction_quality")
     assert {k: v for k, v in recorded.items() if k not in own} == \
         {k: v for k, v in json.loads((baseline / "score_settings.json").read_text()).items()
