@@ -34,7 +34,11 @@ run's on the same subjects:
                              the base run's trained SADM model predicts and scores again with them (its plans get
                              them); nothing is trained;
   --sadm-trainer / --plain-trainer NAME   other trainers, e.g. the training-length pair QualitySADMTrainer_3epochs
-                             and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py);
+                             and QualityPlainTrainer_3epochs (benchmarks/trainers/quality_length_trainers.py),
+                             or the self-supervised pair SADMTrainer_DRAEM_1epoch and its image-only control
+                             QualityPlainDRAEMTrainer_1epoch (benchmarks/trainers/quality_draem_trainers.py: plain
+                             nnU-Net on the same synthetic anomalies; its rows take the "nnU-Net" and "late fusion"
+                             names);
   --stage1-trainer NAME      another stage-I trainer: stage I and SADM are trained again;
   --stage1-trainer NAME --stage1-epoch N
                              SADM on a milestone of the stage-I learning curve (benchmarks/stage1_curve.py, e.g.

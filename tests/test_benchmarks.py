@@ -127,6 +127,41 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
         qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
 
 
+def test_image_only_draem_control_trains_on_synthetic_anomalies_only():
+    """The image-only control of the self-supervised SADM (QualityPlainDRAEMTrainer_1epoch) gets SADMTrainer_DRAEM's
+    anomalies: the template's settings, every patch, dataset labels replaced, inserted before nnU-Net removes the
+    -1 label; on a patch with a tumour label the target becomes the anomaly's mask alone."""
+    import numpy as np
+    import torch
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+
+    from sadm_nnunet.diffusion.settings import load_template
+    from sadm_nnunet.training.synthetic_anomalies import SyntheticAnomalyTransform
+
+    spec = importlib.util.spec_from_file_location("quality_draem_trainers",
+                                                  REPO / "benchmarks" / "trainers" / "quality_draem_trainers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    template = load_template("sadm.json")["synthetic_anomalies"]
+    trainer_class = module.QualityPlainDRAEMTrainer_1epoch
+    pipeline = trainer_class.get_validation_transforms(object.__new__(trainer_class), None, False, [1, 2, 3])
+    kinds = [type(t) for t in pipeline.transforms]
+    assert kinds.index(SyntheticAnomalyTransform) == kinds.index(RemoveLabelTansform) - 1
+    t = pipeline.transforms[kinds.index(SyntheticAnomalyTransform)]
+    assert (t.probability, t.replace_labels, t.deterministic) == (1.0, True, True)
+    assert (t.label, t.blend_range, t.max_scale_exponent) == (
+        template["label"], (template["blend_min"], template["blend_max"]), template["max_scale_exponent"])
+    yy, xx = np.mgrid[:48, :48]
+    brain = (yy - 24) ** 2 + (xx - 24) ** 2 < 20 ** 2
+    image = torch.from_numpy(np.where(brain, 0.5 + 0.1 * np.sin(xx / 3.0), 0.0)[None].astype(np.float32))
+    seg = torch.from_numpy(np.where(brain, 0, -1)[None].astype(np.int16))
+    seg[0, 20:28, 20:28] = 2  # a tumour label the control must not learn
+    out = pipeline(image=image, segmentation=seg)
+    labels = set(np.unique(out["segmentation"].numpy()).tolist())
+    assert labels == {0, template["label"]}  # tumour label gone, anomaly written, -1 removed by nnU-Net's transform
+    assert not torch.equal(out["image"], image)
+
+
 def test_prediction_overrides_write_prediction_settings_only(tmp_path):
     """--predict-set: reconstruction.*, scoring.* and prediction_ensemble go into the 2d_sadm block, validated;
     anything that acts on training is refused, and a refused or invalid value leaves the plans file as it was."""
