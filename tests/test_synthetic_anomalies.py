@@ -9,6 +9,8 @@ import torch
 from scipy import ndimage
 
 from sadm_nnunet.diffusion.settings import load_template
+from sadm_nnunet.segmentation.settings import SyntheticAnomalySettings
+from sadm_nnunet.training.sadm_trainer import synthetic_anomaly_transform
 from sadm_nnunet.training.synthetic_anomalies import (INTENSITY_OPERATIONS, SyntheticAnomalyTransform,
                                                       anomaly_mask, anomaly_source, insert_anomaly, perlin_noise)
 
@@ -366,3 +368,16 @@ def test_speed_smoke(spatial, calls):
         assert (out_seg == 1).sum() >= 16
     per_call = (time.perf_counter() - start) / calls
     print(f"\nSyntheticAnomalyTransform on (1, {', '.join(map(str, spatial))}): {1000 * per_call:.1f} ms per call")
+
+
+def test_the_trainers_build_the_transform_from_the_plans_block():
+    """SADMTrainer uses the plans' probability; the self-supervised trainers put an anomaly on every patch and
+    replace the labels; validation draws are deterministic, training draws are not."""
+    settings = SyntheticAnomalySettings(probability=0.25, label=2, blend_min=0.1, blend_max=0.6,
+                                        max_scale_exponent=3)
+    labelled = synthetic_anomaly_transform(settings, replace_labels=False, validation=False)
+    assert (labelled.probability, labelled.label, labelled.replace_labels) == (0.25, 2, False)
+    assert (labelled.blend_range, labelled.max_scale_exponent) == ((0.1, 0.6), 3)
+    assert (labelled.seed, labelled.deterministic) == (None, False)
+    draem = synthetic_anomaly_transform(settings, replace_labels=True, validation=True)
+    assert (draem.probability, draem.replace_labels, draem.seed, draem.deterministic) == (1.0, True, 0, True)

@@ -14,18 +14,15 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from sadm_nnunet.diffusion.settings import build_dataclass, load_template
 from sadm_nnunet.segmentation.settings import TEMPLATE_NAME, SyntheticAnomalySettings
-from sadm_nnunet.training.sadm_trainer import with_transform
+from sadm_nnunet.training.sadm_trainer import synthetic_anomaly_transform, with_transform
 from sadm_nnunet.training.synthetic_anomalies import SyntheticAnomalyTransform
 
 
 def draem_transform(validation: bool) -> SyntheticAnomalyTransform:
-    """SADMTrainer_DRAEM's transform with the template's settings (plans/sadm.json): every patch, labels replaced;
-    validation patches get a deterministic anomaly each."""
-    a = build_dataclass(SyntheticAnomalySettings, load_template(TEMPLATE_NAME)["synthetic_anomalies"],
-                        "sadm.synthetic_anomalies")
-    return SyntheticAnomalyTransform(probability=1.0, label=a.label, replace_labels=True,
-                                     seed=0 if validation else None, deterministic=validation,
-                                     blend_range=(a.blend_min, a.blend_max), max_scale_exponent=a.max_scale_exponent)
+    """SADMTrainer_DRAEM's transform with the template's settings (plans/sadm.json)."""
+    settings = build_dataclass(SyntheticAnomalySettings, load_template(TEMPLATE_NAME)["synthetic_anomalies"],
+                               "sadm.synthetic_anomalies")
+    return synthetic_anomaly_transform(settings, replace_labels=True, validation=validation)
 
 
 class QualityPlainDRAEMTrainer_1epoch(nnUNetTrainer):

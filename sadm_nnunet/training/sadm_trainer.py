@@ -23,7 +23,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from sadm_nnunet.nnunet_plans import resolve_sadm_settings
 from sadm_nnunet.segmentation.network import SADMNetwork, build_sadm_network
-from sadm_nnunet.segmentation.settings import SADMSettings
+from sadm_nnunet.segmentation.settings import SADMSettings, SyntheticAnomalySettings
 from sadm_nnunet.segmentation.stage1 import load_stage1_denoiser, model_folder
 from sadm_nnunet.training.checkpoints import AtomicCheckpointMixin
 from sadm_nnunet.training.ddp_dice import largest_rank_batch, with_rank_batch_dice
@@ -108,17 +108,25 @@ class SADMTrainer(SADMTrainerMixin, AtomicCheckpointMixin, nnUNetTrainer):
 
     # ---- synthetic anomalies, inserted before nnU-Net removes the -1 (outside-the-mask) label ----
     def anomaly_transform(self, validation: bool) -> SyntheticAnomalyTransform:
-        a = self.sadm.synthetic_anomalies
-        return SyntheticAnomalyTransform(
-            probability=1.0 if self.replace_labels else a.probability, label=a.label,
-            replace_labels=self.replace_labels, seed=0 if validation else None, deterministic=validation,
-            blend_range=(a.blend_min, a.blend_max), max_scale_exponent=a.max_scale_exponent)
+        return synthetic_anomaly_transform(self.sadm.synthetic_anomalies, replace_labels=self.replace_labels,
+                                           validation=validation)
 
     def get_training_transforms(self, *args, **kwargs) -> ComposeTransforms:
         return with_transform(super().get_training_transforms(*args, **kwargs), self.anomaly_transform(False))
 
     def get_validation_transforms(self, *args, **kwargs) -> ComposeTransforms:
         return with_transform(super().get_validation_transforms(*args, **kwargs), self.anomaly_transform(True))
+
+
+def synthetic_anomaly_transform(settings: SyntheticAnomalySettings, *, replace_labels: bool,
+                                validation: bool) -> SyntheticAnomalyTransform:
+    """The plans' `synthetic_anomalies` block as a transform. `replace_labels` (self-supervised): every patch gets
+    an anomaly and dataset labels are ignored. Validation patches get a deterministic anomaly each (seed 0), so
+    every epoch validates on the same anomalies."""
+    return SyntheticAnomalyTransform(
+        probability=1.0 if replace_labels else settings.probability, label=settings.label,
+        replace_labels=replace_labels, seed=0 if validation else None, deterministic=validation,
+        blend_range=(settings.blend_min, settings.blend_max), max_scale_exponent=settings.max_scale_exponent)
 
 
 def with_transform(compose: ComposeTransforms, transform) -> ComposeTransforms:
