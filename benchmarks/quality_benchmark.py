@@ -5,7 +5,7 @@
                                            [--set-denoiser key=value ...] [--predict-set key=value ...]
                                            [--sadm-trainer NAME] [--plain-trainer NAME]
                                            [--stage1-trainer NAME [--stage1-epoch N]]
-                                           [--configuration 2d|3d_fullres]]
+                                           [--configuration 2d|3d_fullres]] [--spacing MM]
 
 Protocol (the paper's, scaled to 2 CPU cores): the six healthy brains of `../shared/data/healthy_t1` are split
 into training brains (stage I and the labelled set) and held-out test brains (`TEST_BRAINS`), which no model sees
@@ -46,7 +46,10 @@ run's on the same subjects:
                              run's folder and shared by every variant, is not repeated; SADM is trained again;
   --configuration 3d_fullres the 3D pair: SADM on 3d_fullres_sadm (`sadm_nnunet_plan -c 3d_fullres`; the 2D stage I
                              reconstructs every slice of a 3D patch) vs plain nnU-Net on 3d_fullres; stage I reused.
-Variants leave out the DRAEM row. `--quick` (CI) runs one tiny seed at 6 mm.
+Variants leave out the DRAEM row. `--spacing MM` runs the protocol on a cohort of another voxel size (default 4 mm;
+`--spacing 2`: the paper's 2 mm, where MS-like foci span several voxels; about 4x the time of a 4 mm seed): a base
+run of its own in `full2mm_seed*`, and variants with the same `--spacing` start from it. `--quick` (CI) runs one
+tiny seed at 6 mm.
 """
 from __future__ import annotations
 
@@ -98,15 +101,18 @@ class Variant:
     configuration: str = "2d"          # stage II's nnU-Net configuration (3d_fullres: both models retrained in 3D)
 
 
-def experiment(mode: str, seed: int, variant: Variant | None = None):
+def experiment(mode: str, seed: int, variant: Variant | None = None, spacing: float | None = None):
+    """The run of one seed; `spacing` (mm): the cohort's voxel size instead of the mode's (the same subjects and
+    lesions, resampled from the 2 mm source; lesion sizes are relative to the brain)."""
     from sadm_nnunet.experiment.cohort import CohortSpec
     from sadm_nnunet.experiment.pipeline import ExperimentSpec
 
     m = MODES[mode]
     v = variant or Variant()
+    cohort_settings = {**m["cohort"], "spacing": spacing or m["cohort"]["spacing"]}
     cohort = CohortSpec(name=f"Q{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
-                        seen_kind="tumour", unseen_kinds=("ms", "stroke"), zoom=m["source_mm"] / m["cohort"]["spacing"],
-                        seed=seed, **m["cohort"])
+                        seen_kind="tumour", unseen_kinds=("ms", "stroke"),
+                        zoom=m["source_mm"] / cohort_settings["spacing"], seed=seed, **cohort_settings)
     return ExperimentSpec(cohort=cohort, stage1_trainer=v.stage1_trainer or m["stage1_trainer"],
                           stage1_epoch=v.stage1_epoch,
                           sadm_trainer=v.sadm_trainer or m["sadm_trainer"],
@@ -116,6 +122,13 @@ def experiment(mode: str, seed: int, variant: Variant | None = None):
                           figures=mode == "full" and seed == 0 and not variant, configuration=v.configuration,
                           extra={"source": str(HEALTHY_SOURCE), "test_brains": list(TEST_BRAINS), "mode": mode,
                                  "prediction_overrides": list(v.prediction)})
+
+
+def run_folder(workdir: Path, mode: str, seed: int, spacing: float | None = None, tag: str = "") -> Path:
+    """A run's work folder: `full_seed0` (the mode's spacing), `full2mm_seed0` (another spacing), with a variant's
+    tag before `_seed`: `fullCurve_seed0`, `full2mmCurve_seed0`."""
+    other = spacing is not None and spacing != MODES[mode]["cohort"]["spacing"]
+    return Path(workdir) / f"{mode}{f'{spacing:g}mm'.replace('.', 'p') if other else ''}{tag}_seed{seed}"
 
 
 def split_brains():
@@ -355,11 +368,17 @@ def main(argv: list[str] | None = None) -> None:
                              "base run's folder by benchmarks/stage1_curve.py (stage I is not trained again)")
     parser.add_argument("--configuration", choices=["2d", "3d_fullres"], default="2d",
                         help="stage II's nnU-Net configuration (3d_fullres: a variant; both models retrained)")
+    parser.add_argument("--spacing", type=float,
+                        help="the cohort's voxel size in mm (default 4; quick: 6), e.g. 2, the paper's resolution: "
+                             "a base run of its own (work folders full2mm_seed*), which variants at that spacing "
+                             "start from")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--plot", type=Path, help="PNG of ⌈Dice⌉ per lesion kind and method")
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
+    if args.spacing is not None and not 0.5 <= args.spacing <= 16:
+        raise SystemExit(f"--spacing is in mm, between 0.5 and 16; found {args.spacing}")
     if args.stage1_epoch is not None and not args.stage1_trainer:
         raise SystemExit("--stage1-epoch picks an export of one stage-I training: give --stage1-trainer as well")
     variant = Variant(sadm=tuple(args.overrides), denoiser=tuple(args.set_denoiser),
@@ -380,11 +399,11 @@ def main(argv: list[str] | None = None) -> None:
     start, date = time.perf_counter(), now()
     per_seed, spec = {}, None
     for seed in seeds:
-        spec = replace(experiment(mode, seed, variant if args.tag else None), device=args.device)
-        workdir = args.workdir / f"{mode}{args.tag}_seed{seed}"
+        spec = replace(experiment(mode, seed, variant if args.tag else None, args.spacing), device=args.device)
+        workdir = run_folder(args.workdir, mode, seed, args.spacing, args.tag)
         if args.tag:
-            start_variant(args.workdir / f"{mode}_seed{seed}", workdir, experiment(mode, seed), spec,
-                          variant.prediction)
+            start_variant(run_folder(args.workdir, mode, seed, args.spacing), workdir,
+                          experiment(mode, seed, spacing=args.spacing), spec, variant.prediction)
         print(f"=== seed {seed}: {workdir}", flush=True)
         per_seed[seed] = run_experiment(spec, workdir, split_brains)["reports"]
     summary = aggregate(per_seed)

@@ -2,7 +2,7 @@
 unsupervised map finds of each lesion kind (CPU, real anatomy).
 
     python benchmarks/stage1_curve.py [--quick] [--seed 0] [--workdir DIR] [--trainer Stage1CurveTrainer]
-                                      [--evaluate-only] [--output curve.json]
+                                      [--evaluate-only] [--spacing MM] [--output curve.json]
 
 It runs inside a quality benchmark's base run (`python benchmarks/quality_benchmark.py [--quick] --seeds SEED
 --workdir DIR` first) and uses its cohort, the stage-I settings in its healthy dataset's plans and its evaluation
@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> None:
                                           "Stage1CurveQuickTrainer)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="no training: evaluate the milestones the training has written so far")
+    parser.add_argument("--spacing", type=float, help="the quality benchmark's --spacing (its run at that voxel size)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", type=Path, help="JSON with every number")
     args = parser.parse_args(argv)
 
     import os
 
-    from quality_benchmark import experiment
+    from quality_benchmark import experiment, run_folder
 
     from sadm_nnunet.diffusion.export import exported_epochs
     from sadm_nnunet.experiment.cohort import load_cohort
@@ -119,11 +120,12 @@ def main(argv: list[str] | None = None) -> None:
 
     mode = "quick" if args.quick else "full"
     trainer = args.trainer or TRAINERS[mode]
-    spec = experiment(mode, args.seed)
-    base = (args.workdir / f"{mode}_seed{args.seed}").resolve()
+    spec = experiment(mode, args.seed, spacing=args.spacing)
+    base = run_folder(args.workdir, mode, args.seed, args.spacing).resolve()
     if not (base / "steps" / "evaluate.json").is_file():
         raise SystemExit(f"{base} holds no finished quality benchmark run; run `python benchmarks/quality_benchmark.py"
-                         f"{' --quick' if args.quick else ''} --seeds {args.seed} --workdir {args.workdir}` first")
+                         f"{' --quick' if args.quick else ''} --seeds {args.seed} --workdir {args.workdir}"
+                         f"{f' --spacing {args.spacing:g}' if args.spacing else ''}` first")
     raw, preprocessed, results = base / "nnUNet_raw", base / "nnUNet_preprocessed", base / "nnUNet_results"
     cohort = load_cohort(spec.cohort, raw, base / "evaluation")
     c = spec.cohort

@@ -127,6 +127,26 @@ def test_quality_variants_reuse_exactly_the_models_whose_settings_did_not_change
         qb.what_to_reuse(base, qb.experiment("full", 0, both), prediction)
 
 
+def test_another_spacing_is_a_base_run_of_its_own():
+    """--spacing 2: the same subjects resampled from the 2 mm source (zoom 1), in folders of their own that its
+    variants start from; the mode's own spacing keeps the usual folders."""
+    from pathlib import Path
+
+    qb = load_script("quality_benchmark")
+    base, fine = qb.experiment("full", 0), qb.experiment("full", 0, spacing=2.0)
+    assert (base.cohort.spacing, base.cohort.zoom) == (4.0, 0.5)
+    assert (fine.cohort.spacing, fine.cohort.zoom) == (2.0, 1.0)
+    assert fine.cohort.num_test == base.cohort.num_test and fine.cohort.seed == base.cohort.seed
+    assert qb.experiment("full", 0, spacing=4.0) == base
+    work = Path("w")
+    assert qb.run_folder(work, "full", 1) == qb.run_folder(work, "full", 1, 4.0) == work / "full_seed1"
+    assert qb.run_folder(work, "full", 1, 2.0) == work / "full2mm_seed1"
+    assert qb.run_folder(work, "full", 1, 2.5, "Curve") == work / "full2p5mmCurve_seed1"
+    assert qb.run_folder(work, "quick", 0, 6.0) == work / "quick_seed0"
+    with pytest.raises(SystemExit, match="--spacing is in mm, between 0.5 and 16; found 0.1"):
+        qb.main(["--spacing", "0.1"])
+
+
 def test_image_only_draem_control_trains_on_synthetic_anomalies_only():
     """The image-only control of the self-supervised SADM (QualityPlainDRAEMTrainer_1epoch) gets SADMTrainer_DRAEM's
     anomalies: the template's settings, every patch, dataset labels replaced, inserted before nnU-Net removes the
