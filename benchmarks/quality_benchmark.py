@@ -316,6 +316,15 @@ def fpr_table(spec, summary: dict) -> str:
     return markdown_rows(spec, summary, header, columns)
 
 
+def tables(spec, summary: dict) -> str:
+    """The report's Markdown: `table`, and `fpr_table` when the cohort has healthy validation brains."""
+    text = table(spec, summary)
+    if spec.cohort.num_healthy_validation:
+        text += ("\n\nThresholds at fixed false-positive rates on healthy validation brains:\n\n"
+                 + fpr_table(spec, summary))
+    return text
+
+
 def plot(spec, summary: dict, path: Path, metric: str = "best_dice") -> None:
     """Grouped bars: one group per lesion kind, one bar per method, mean ± std over seeds."""
     import matplotlib
@@ -407,10 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"=== seed {seed}: {workdir}", flush=True)
         per_seed[seed] = run_experiment(spec, workdir, split_brains)["reports"]
     summary = aggregate(per_seed)
-    text = table(spec, summary)
-    if spec.cohort.num_healthy_validation:
-        text += ("\n\nThresholds at fixed false-positive rates on healthy validation brains:\n\n"
-                 + fpr_table(spec, summary))
+    text = tables(spec, summary)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nQuality benchmark ({mode}, seeds {seeds}, {minutes:.1f} min):")
     if args.plot:

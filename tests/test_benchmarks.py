@@ -298,3 +298,27 @@ def test_quality_benchmark_quick_mode_runs_and_reports(tmp_path):
         assert milestone["per_seed"]["0"]["unsupervised"][kind]["mean"]["best_dice"] == pytest.approx(
             rows["epoch_1"]["kinds"][kind]["best_dice"], abs=1e-6)
     assert milestone["per_seed"]["0"]["nnunet"] == results["per_seed"]["0"]["nnunet"]
+
+    # the union of the labelled and the self-supervised SADM (offline, the base run's two SADM models): its rows
+    # are the base run's where they are the same scores, and its union score is beta * u + (1 - beta) * max(p, p)
+    import nibabel as nib
+    import numpy as np
+
+    union = run_quick("quality_ensemble.py", tmp_path, output="union.json")
+    for key, base_key in (("nnunet", "nnunet"), ("late_fusion", "late_fusion"), ("sadm", "sadm"),
+                          ("sadm_self", "sadm_draem")):
+        assert union["per_seed"]["0"][key] == results["per_seed"]["0"][base_key]
+    scores = work / "quick_seed0" / "scores"
+    case = sorted(p.name[:-len("_score.nii.gz")] for p in (scores / "sadm_draem").glob("*_score.nii.gz"))[0]
+    u, p_labelled, p_self, fused = (nib.load(str(f)).get_fdata() for f in (
+        scores / "sadm" / f"{case}_unsupervised.nii.gz", scores / "sadm_segmentation" / f"{case}_score.nii.gz",
+        scores / "sadm_draem_segmentation" / f"{case}_score.nii.gz",
+        work / "union_quick_seed0+quick_seed0" / "union" / f"{case}_score.nii.gz"))
+    beta = json.loads((scores / "sadm" / "score_settings.json").read_text())["beta"]
+    assert np.allclose(fused, beta * u + (1 - beta) * np.maximum(p_labelled, p_self), atol=1e-6)
+    # a labelled SADM on another stage I (the curve's milestone) shares no unsupervised map with the base run's
+    # self-supervised SADM: refused, naming both files
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality_ensemble.py"), "--quick", "--workdir",
+                           str(work), "--labelled-tag", "Curve"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "use different stage-I models" in proc.stderr
+    assert "quickCurve_seed0/scores/sadm/" in proc.stderr and "quick_seed0/scores/sadm_draem/" in proc.stderr
