@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -40,9 +41,12 @@ class Rows:
 
 
 def segmentation_folder(scores: Path, key: str) -> Path:
-    """The beta-0 scores of a run's model `key` (2D stage II: `KEY_segmentation`; a 2D plain model: `KEY`)."""
+    """The beta-0 scores (foreground probability) of the SADM model `key` of a run (`scores/KEY` holds its fused
+    scores)."""
     folder = scores / f"{key}_segmentation"
-    return folder if folder.is_dir() else scores / key
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} is missing: the run's segmentation scores of {key} were not written")
+    return folder
 
 
 def write_union(cases: list[str], labelled: Path, self_supervised: Path, self_key: str, out: Path) -> float:
@@ -57,6 +61,7 @@ def write_union(cases: list[str], labelled: Path, self_supervised: Path, self_ke
 
     beta = json.loads((labelled / "sadm" / SETTINGS_FILE).read_text())["beta"]
     tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     for name in ("union", "union_segmentation"):
         (tmp / name).mkdir(parents=True, exist_ok=True)
     for case in cases:
@@ -74,10 +79,7 @@ def write_union(cases: list[str], labelled: Path, self_supervised: Path, self_ke
         p = np.maximum(p_labelled, p_self)
         save_nifti(fused_score(u, p, beta), u_image.affine, tmp / "union" / f"{case}_score.nii.gz")
         save_nifti(p, u_image.affine, tmp / "union_segmentation" / f"{case}_score.nii.gz")
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return beta
 
