@@ -47,7 +47,7 @@ run's on the same subjects:
   --configuration 3d_fullres the 3D pair: SADM on 3d_fullres_sadm (`sadm_nnunet_plan -c 3d_fullres`; the 2D stage I
                              reconstructs every slice of a 3D patch) vs plain nnU-Net on 3d_fullres; stage I reused.
 Variants leave out the DRAEM row. `--spacing MM` runs the protocol on a cohort of another voxel size (default 4 mm;
-`--spacing 2`: the paper's 2 mm, where MS-like foci span several voxels; about 4x the time of a 4 mm seed): a base
+`--spacing 2`: the paper's 2 mm, where MS-like foci span several voxels; ~2 h per seed on 2 cores): a base
 run of its own in `full2mm_seed*`, and variants with the same `--spacing` start from it. `--quick` (CI) runs one
 tiny seed at 6 mm.
 """
