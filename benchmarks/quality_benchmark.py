@@ -102,14 +102,17 @@ class Variant:
 
 
 def experiment(mode: str, seed: int, variant: Variant | None = None, spacing: float | None = None):
-    """The run of one seed; `spacing` (mm): the cohort's voxel size instead of the mode's (the same subjects and
-    lesions, resampled from the 2 mm source; lesion sizes are relative to the brain)."""
+    """The run of one seed; `spacing` (mm, 0.5-16): the cohort's voxel size instead of the mode's (the same subjects
+    and lesions, resampled from the 2 mm source; lesion sizes are relative to the brain). Every script that takes
+    --spacing builds its runs here, so this is where a wrong value is refused."""
     from sadm_nnunet.experiment.cohort import CohortSpec
     from sadm_nnunet.experiment.pipeline import ExperimentSpec
 
+    if spacing is not None and not 0.5 <= spacing <= 16:
+        raise SystemExit(f"--spacing is in mm, between 0.5 and 16; found {spacing}")
     m = MODES[mode]
     v = variant or Variant()
-    cohort_settings = {**m["cohort"], "spacing": spacing or m["cohort"]["spacing"]}
+    cohort_settings = {**m["cohort"], "spacing": m["cohort"]["spacing"] if spacing is None else spacing}
     cohort = CohortSpec(name=f"Q{seed}", healthy_id=900 + 2 * seed, labelled_id=901 + 2 * seed,
                         seen_kind="tumour", unseen_kinds=("ms", "stroke"),
                         zoom=m["source_mm"] / cohort_settings["spacing"], seed=seed, **cohort_settings)
@@ -386,8 +389,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tag and not args.tag.isalpha():
         raise SystemExit(f"--tag must be letters only; found {args.tag!r}")
-    if args.spacing is not None and not 0.5 <= args.spacing <= 16:
-        raise SystemExit(f"--spacing is in mm, between 0.5 and 16; found {args.spacing}")
     if args.stage1_epoch is not None and not args.stage1_trainer:
         raise SystemExit("--stage1-epoch picks an export of one stage-I training: give --stage1-trainer as well")
     variant = Variant(sadm=tuple(args.overrides), denoiser=tuple(args.set_denoiser),

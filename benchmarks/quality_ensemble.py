@@ -109,13 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
     self_key = "sadm" if args.self_supervised_tag else "sadm_draem"
     start, date, per_seed, shown = time.perf_counter(), now(), {}, None
     for seed in seeds:
+        spec = experiment(mode, seed, spacing=args.spacing)
         labelled = run_folder(args.workdir, mode, seed, args.spacing, args.labelled_tag)
         self_supervised = run_folder(args.workdir, mode, seed, args.spacing, args.self_supervised_tag)
         for run, key in ((labelled, "sadm"), (self_supervised, self_key)):
             if not (run / "steps" / "evaluate.json").is_file() or not (run / "scores" / key).is_dir():
                 raise SystemExit(f"{run} holds no finished quality benchmark run with scores/{key}; run "
                                  f"benchmarks/quality_benchmark.py for it first")
-        spec = experiment(mode, seed, spacing=args.spacing)
         cohort = load_cohort(spec.cohort, labelled / "nnUNet_raw", labelled / "evaluation")
         if cohort is None:
             raise SystemExit(f"{labelled / 'evaluation'} holds no cohort of seed {seed} ({mode})")

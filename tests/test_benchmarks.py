@@ -145,6 +145,10 @@ def test_another_spacing_is_a_base_run_of_its_own():
     assert qb.run_folder(work, "quick", 0, 6.0) == work / "quick_seed0"
     with pytest.raises(SystemExit, match="--spacing is in mm, between 0.5 and 16; found 0.1"):
         qb.main(["--spacing", "0.1"])
+    with pytest.raises(SystemExit, match="--spacing is in mm, between 0.5 and 16; found 0"):
+        load_script("stage1_curve").main(["--spacing", "0", "--workdir", "w"])
+    with pytest.raises(SystemExit, match="--spacing is in mm, between 0.5 and 16; found 20"):
+        load_script("quality_ensemble").main(["--spacing", "20", "--workdir", "w"])
 
 
 def test_image_only_draem_control_trains_on_synthetic_anomalies_only():
