@@ -86,10 +86,53 @@ def configuration_manager(plans: dict, configuration: str, source: str | None = 
     return resolved
 
 
+SLICES_OF_KEY = "sadm_slices_of"  # marks a 2D configuration that `sadm_nnunet_plan_diffusion --slices-of` derived
+
+
+def slices_configuration_name(configuration: str) -> str:
+    """The 2D configuration `sadm_nnunet_plan_diffusion --slices-of CONFIGURATION` writes unless -c says otherwise:
+    '3d_lowres' -> '2d_lowres'."""
+    return "2d_" + configuration.removeprefix("3d_")
+
+
+def slices_configuration(plans: dict, configuration: str, name: str, source: str) -> dict:
+    """A 2D configuration (inheriting '2d': same preprocessing, normalisation and batch size) whose slices are those
+    of the 3D `configuration`'s patches: its in-plane spacing, in-plane patch and in-plane median image size. A
+    stage-I denoiser trained on it reconstructs the slices of a 3D SADM configuration at a spacing of its own, such
+    as nnU-Net's 3d_lowres. Written as `name` into the plans; preprocessed under its own data identifier."""
+    resolved = configuration_manager(plans, configuration, source, "--slices-of", dimensions=(3,))
+    configurations = plans["configurations"]
+    if "2d" not in configurations:
+        raise InputError(f"{source} have no '2d' configuration for '{name}' to inherit its preprocessing from; "
+                         f"plan the dataset with nnUNetv2_plan_experiment (it plans '2d' by default)")
+    existing = configurations.get(name)
+    if name == "2d" or (existing is not None and SLICES_OF_KEY not in existing):
+        raise InputError(f"{source} already have a configuration '{name}' that --slices-of did not write; name the "
+                         f"new one with another -c")
+    return {"inherits_from": "2d", SLICES_OF_KEY: configuration,
+            "data_identifier": f"{plans.get('plans_name', 'nnUNetPlans')}_{name}",
+            "spacing": [float(s) for s in resolved.spacing[1:]],
+            "patch_size": [int(p) for p in resolved.patch_size[1:]],
+            "median_image_size_in_voxels": [float(m) for m in resolved.median_image_size_in_voxels[1:]]}
+
+
+def refuse_cascade(plans: dict, configuration: str, source: str) -> None:
+    """SADM does not take nnU-Net's cascade: a cascaded configuration feeds the previous stage's segmentation to
+    the network as extra input channels, which the SADM network does not stack."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    previous = PlansManager(plans).get_configuration(configuration).previous_stage_name
+    if previous is not None:
+        raise InputError(f"Configuration '{configuration}' of {source} is cascaded (it takes the predictions of "
+                         f"'{previous}' as input); SADM does not support nnU-Net's cascade. Use a configuration "
+                         f"without a previous stage, e.g. -c 3d_fullres or -c {previous}.")
+
+
 def resolve_sadm_settings(plans: dict, configuration: str, source: str | None = None) -> SADMSettings:
     """The validated stage-II settings of an SADM configuration (its `sadm` block, which sadm_nnunet_plan writes)."""
     source = source or f"the plans of {plans.get('dataset_name')}"
     resolved = configuration_manager(plans, configuration, source, dimensions=STAGE2_DIMENSIONS).configuration
+    refuse_cascade(plans, configuration, source)
     if SADM_KEY not in resolved:
         raise InputError(
             f"Configuration '{configuration}' of {source} has no '{SADM_KEY}' block, so it is not an SADM "

@@ -75,9 +75,9 @@ SLOW_FIXTURES = frozenset({"healthy_dataset", "lesion_dataset", "trained_stage1"
 # The test files on the session's nnU-Net folders (the `nnunet` fixture: stage I, the tumour dataset, the SADM model)
 # run as one unit of `make test`'s two xdist workers, so the session fixtures are built once and two workers never
 # write to the same nnU-Net folders at once; every other file is a unit of its own (its module fixtures built once).
-SHARED_NNUNET_FILES = frozenset({"test_cddpm.py", "test_compiled_checkpoint.py", "test_ddp.py", "test_resenc.py",
-                                 "test_sadm_network.py", "test_score_command.py", "test_stage1_nnunet.py",
-                                 "test_stage2_3d.py", "test_stage2_nnunet.py"})
+SHARED_NNUNET_FILES = frozenset({"test_cddpm.py", "test_compiled_checkpoint.py", "test_ddp.py", "test_regions.py",
+                                 "test_resenc.py", "test_sadm_network.py", "test_score_command.py",
+                                 "test_stage1_nnunet.py", "test_stage2_3d.py", "test_stage2_nnunet.py"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before the `-m` deselection: checks every collected test
