@@ -99,8 +99,10 @@ def slices_configuration(plans: dict, configuration: str, name: str, source: str
     """A 2D configuration (inheriting '2d': same preprocessing, normalisation and batch size) whose slices are those
     of the 3D `configuration`'s patches: its in-plane spacing, in-plane patch and in-plane median image size. A
     stage-I denoiser trained on it reconstructs the slices of a 3D SADM configuration at a spacing of its own, such
-    as nnU-Net's 3d_lowres. Written as `name` into the plans; preprocessed under its own data identifier."""
+    as nnU-Net's 3d_lowres. Written as `name` into the plans; preprocessed under its own data identifier. Re-running
+    it keeps the stage-I settings written into `name` earlier."""
     resolved = configuration_manager(plans, configuration, source, "--slices-of", dimensions=(3,))
+    refuse_cascade(plans, configuration, source)
     configurations = plans["configurations"]
     if "2d" not in configurations:
         raise InputError(f"{source} have no '2d' configuration for '{name}' to inherit its preprocessing from; "
@@ -109,7 +111,11 @@ def slices_configuration(plans: dict, configuration: str, name: str, source: str
     if name == "2d" or (existing is not None and SLICES_OF_KEY not in existing):
         raise InputError(f"{source} already have a configuration '{name}' that --slices-of did not write; name the "
                          f"new one with another -c")
-    return {"inherits_from": "2d", SLICES_OF_KEY: configuration,
+    if existing is not None and existing[SLICES_OF_KEY] != configuration:
+        raise InputError(f"Configuration '{name}' of {source} holds the slices of '{existing[SLICES_OF_KEY]}', not "
+                         f"of '{configuration}'; name the new one with another -c")
+    return {**({DIFFUSION_KEY: existing[DIFFUSION_KEY]} if existing and DIFFUSION_KEY in existing else {}),
+            "inherits_from": "2d", SLICES_OF_KEY: configuration,
             "data_identifier": f"{plans.get('plans_name', 'nnUNetPlans')}_{name}",
             "spacing": [float(s) for s in resolved.spacing[1:]],
             "patch_size": [int(p) for p in resolved.patch_size[1:]],

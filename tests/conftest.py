@@ -190,3 +190,9 @@ def predictions(nnunet: NNUNet, trained_sadm: dict, lesion_dataset: str, tmp_pat
                "-c", "2d_sadm", "-tr", SADM_TRAINER, "-f", "0", "--save_probabilities", "-device", "cpu",
                "-npp", "1", "-nps", "1")
     return out
+
+
+def printed_commands(stderr: str) -> list[list[str]]:
+    """The command lines an error message offers (indented lines that start with a console command)."""
+    return [line.split() for line in stderr.splitlines()
+            if line.startswith("  ") and line.split()[0].startswith(("nnUNetv2_", "sadm_nnunet_"))]

@@ -15,7 +15,7 @@ from scipy import ndimage
 from conftest import HEALTHY_ID, NNUNet
 
 pytestmark = pytest.mark.slow
-REGIONS_ID = 504
+REGIONS_ID = 505  # 504: test_stage2_nnunet.py's two-channel dataset, in the same nnU-Net folders
 STAGE2 = "SADMTrainer_2epochs_10its"
 DRAEM = "SADMTrainer_DRAEM_2epochs_10its"
 
@@ -46,7 +46,7 @@ def test_region_based_sadm_validates_per_region(nnunet: NNUNet, regions_dataset,
     fold = nnunet.fold_folder(regions_dataset, trainer, "2d_sadm", "0")
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2)", "(2,)"}  # nnU-Net evaluated the two regions, not the labels
-    assert all(np.isfinite(v["Dice"]) or np.isnan(v["Dice"]) for v in summary["mean"].values())
+    assert any(np.isfinite(v["Dice"]) for v in summary["mean"].values()), summary["mean"]
 
 
 def test_region_based_sadm_predicts_and_scores(nnunet: NNUNet, regions_dataset, tmp_path):
@@ -70,5 +70,6 @@ def test_region_based_sadm_predicts_and_scores(nnunet: NNUNet, regions_dataset, 
         # the fused score's p_fg is the largest region probability (the npz axes are reversed against NIfTI's)
         p_fg = probabilities.max(axis=0).transpose(2, 1, 0)
         brain = unsupervised > 0
+        assert brain.sum() > 100
         np.testing.assert_allclose(score[brain], beta * unsupervised[brain] + (1 - beta) * p_fg[brain],
                                    atol=2e-3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HEALTHY_T1, TINY_UNET, NNUNet
+from conftest import HEALTHY_T1, TINY_UNET, NNUNet, printed_commands
 
 pytestmark = pytest.mark.slow
 HEALTHY, TARGET = 521, 522
@@ -47,12 +47,18 @@ def lowres(tmp_path_factory) -> dict:
     # a stage I on '2d' first: it does not fit 3d_lowres
     nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY, "--set", *TINY_UNET)
     nnunet.run("nnUNetv2_train", HEALTHY, "2d", "all", "-tr", STAGE1, "-device", "cpu")
-    refused = nnunet.run("sadm_nnunet_plan", TARGET, "--ddpm", HEALTHY, "-c", "3d_lowres", check=False)
+    refused = nnunet.run("sadm_nnunet_plan", TARGET, "--ddpm", HEALTHY, "-c", "3d_lowres", "--ddpm-trainer", STAGE1,
+                         check=False)
     after_refusal = plans(nnunet, target)
-    # the fix it prints
-    slices = nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY, "--slices-of", "3d_lowres", "--set", *TINY_UNET)
-    nnunet.run("nnUNetv2_preprocess", "-d", HEALTHY, "-c", "2d_lowres", "-np", "1")
-    nnunet.run("nnUNetv2_train", HEALTHY, "2d_lowres", "all", "-tr", STAGE1, "-device", "cpu")
+    # the fix it prints, run as printed (the tiny denoiser's settings added to the first command)
+    fix = printed_commands(refused.stderr)
+    assert [c[0] for c in fix] == ["sadm_nnunet_plan_diffusion", "nnUNetv2_preprocess", "nnUNetv2_train",
+                                   "sadm_nnunet_plan"], refused.stderr
+    slices = nnunet.run(*fix[0], "--set", *TINY_UNET)
+    nnunet.run(*fix[1], "-np", "1")
+    nnunet.run(*fix[2], "-device", "cpu")
+    nnunet.run(*fix[3])
+    # and without --ddpm-configuration: the slices' stage I is the default for 3d_lowres
     planned = nnunet.run("sadm_nnunet_plan", TARGET, "--ddpm", HEALTHY, "-c", "3d_lowres")
     nnunet.run("nnUNetv2_train", TARGET, "3d_lowres_sadm", "0", "-tr", STAGE2, "-device", "cpu")
     return {"nnunet": nnunet, "healthy": healthy, "target": target, "refused": refused,
@@ -67,8 +73,9 @@ def test_3d_lowres_with_the_2d_stage1_is_refused_with_the_fix(lowres):
     assert lowres_spacing[-1] > 4.0 * 1.2, "nnU-Net planned 3d_lowres at about the 2d spacing; the test needs another"
     assert "trained on '2d' slices at in-plane spacing [4.0, 4.0]" in proc.stderr, proc.stderr
     assert f"sadm_nnunet_plan_diffusion {HEALTHY} --slices-of 3d_lowres" in proc.stderr
-    assert f"nnUNetv2_train {HEALTHY} 2d_lowres all -tr SADMDiffusionTrainer" in proc.stderr
-    assert f"sadm_nnunet_plan {TARGET} --ddpm {HEALTHY} -c 3d_lowres --ddpm-configuration 2d_lowres" in proc.stderr
+    assert f"nnUNetv2_train {HEALTHY} 2d_lowres all -tr {STAGE1}" in proc.stderr  # the user's stage-I trainer
+    assert (f"sadm_nnunet_plan {TARGET} --ddpm {HEALTHY} -c 3d_lowres --ddpm-trainer {STAGE1} "
+            f"--ddpm-configuration 2d_lowres") in proc.stderr
     assert "3d_lowres_sadm" not in lowres["after_refusal"]["configurations"]
 
 
@@ -91,6 +98,12 @@ def test_slices_of_refuses_2d_and_overwriting_a_configuration_of_nnunet(lowres):
     proc = nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY, "--slices-of", "3d_lowres", "-c", "3d_fullres",
                       check=False)
     assert proc.returncode != 0 and "already have a configuration '3d_fullres'" in proc.stderr, proc.stderr
+    proc = nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY, "--slices-of", "3d_fullres", "-c", "2d_lowres",
+                      check=False)
+    assert proc.returncode != 0 and "holds the slices of '3d_lowres', not of '3d_fullres'" in proc.stderr
+    assert plans(nnunet, lowres["healthy"]) == before
+    # running it again without --set keeps the stage-I settings written with the first run
+    nnunet.run("sadm_nnunet_plan_diffusion", HEALTHY, "--slices-of", "3d_lowres")
     assert plans(nnunet, lowres["healthy"]) == before
 
 
@@ -114,7 +127,7 @@ def test_3d_fullres_with_the_slices_stage1_points_to_the_2d_one(lowres):
                                 "--ddpm-configuration", "2d_lowres", check=False)
     assert proc.returncode != 0
     assert "the in-plane spacing of" in proc.stderr and "2D configuration '2d'" in proc.stderr, proc.stderr
-    assert f"sadm_nnunet_plan {TARGET} --ddpm {HEALTHY} -c 3d_fullres --ddpm-configuration 2d" in proc.stderr
+    assert f"sadm_nnunet_plan {TARGET} --ddpm {HEALTHY} -c 3d_fullres\n" in proc.stderr  # '2d': the default
 
 
 def test_3d_lowres_sadm_trains_predicts_and_scores(lowres, tmp_path):

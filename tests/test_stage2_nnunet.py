@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from sadm_nnunet.segmentation.stage1 import compatibility_errors
 
-from conftest import HEALTHY_ID, LESION_ID, PLAIN_TRAINER, SADM_TRAINER, TRAINER as STAGE1_TRAINER, NNUNet
+from conftest import (HEALTHY_ID, LESION_ID, PLAIN_TRAINER, SADM_TRAINER, TRAINER as STAGE1_TRAINER, NNUNet,
+                      printed_commands)
 
 MIN_TEST_DICE = 0.5  # tumour lesions cover a few % of the brain: an empty or all-brain prediction scores < 0.15
 
@@ -89,12 +90,6 @@ def test_plan_refuses_missing_or_mismatched_stage1_models(nnunet, sadm_planned, 
     assert moved["configurations"]["2d_sadm"]["inherits_from"] == "2d"
     assert moved["configurations"]["2d_sadm"]["sadm"]["stage1"]["dataset"] == f"Dataset{HEALTHY_ID}_Healthy"
     assert (plans_path.parent / "nnUNetPlansFrom501_2d").is_dir()  # preprocessed with the moved plans
-
-
-def printed_commands(stderr: str) -> list[list[str]]:
-    """The command lines an error message offers (indented lines that start with a console command)."""
-    return [line.split() for line in stderr.splitlines()
-            if line.startswith("  ") and line.split()[0].startswith(("nnUNetv2_", "sadm_nnunet_"))]
 
 
 def test_a_channel_mismatch_offers_no_plans_transfer(nnunet, sadm_planned, lesion_dataset):

@@ -74,4 +74,5 @@ def main(argv: list[str] | None = None) -> None:
               f"  nnUNetv2_preprocess -d {ident} -c {args.configuration} -plans_name {args.plans} -np 4\n"
               f"  nnUNetv2_train {ident} {args.configuration} all -tr SADMDiffusionTrainer{plans_option}\n"
               f"  sadm_nnunet_plan TARGET --ddpm {ident} -c {args.slices_of} --ddpm-configuration "
-              f"{args.configuration}" + ("" if args.plans == "nnUNetPlans" else f" --ddpm-plans {args.plans}"))
+              f"{args.configuration}" + ("" if args.plans == "nnUNetPlans" else
+                                         f" -p {args.plans} --ddpm-plans {args.plans}"))

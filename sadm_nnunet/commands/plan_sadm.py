@@ -122,10 +122,11 @@ def rounded(spacing) -> list[float]:
 
 def slices_message(errors: list[str], stage1, stage1_plans: dict, healthy: str, target_plans: dict,
                    args: argparse.Namespace) -> str | None:
-    """How to fix a 3D configuration whose in-plane spacing differs from the stage-I model's although both datasets
-    share their plans (nnU-Net's 3d_lowres has a spacing of its own), or None (then `mismatch_message`: move the
-    plans first). The fix is a stage I on slices at that spacing: an existing 2D configuration of the healthy
-    dataset at that spacing ('2d' for 3d_fullres), else one that `sadm_nnunet_plan_diffusion --slices-of` writes."""
+    """How to fix a configuration whose in-plane spacing differs from the stage-I model's although both datasets
+    share their plans (nnU-Net's 3d_lowres has a spacing of its own; or the stage I was trained on another 2D
+    configuration), or None (then `mismatch_message`: move the plans first). The fix is a stage I on slices at that
+    spacing: an existing 2D configuration of the healthy dataset at that spacing ('2d' for 3d_fullres), else, for a
+    3D configuration, one that `sadm_nnunet_plan_diffusion --slices-of` writes."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     if any(not e.startswith("in-plane target spacing") for e in errors):
@@ -136,7 +137,7 @@ def slices_message(errors: list[str], stage1, stage1_plans: dict, healthy: str, 
         mine = configuration_manager(healthy_plans, args.configuration, dimensions=STAGE2_DIMENSIONS)
     except InputError:
         return None
-    if len(target.patch_size) != 3 or not np.allclose(mine.spacing, target.spacing, rtol=1e-3):
+    if not np.allclose(mine.spacing, target.spacing, rtol=1e-3):
         return None
     manager = PlansManager(healthy_plans)
     matching = [n for n in healthy_plans["configurations"] if n != stage1.configuration
@@ -150,15 +151,33 @@ def slices_message(errors: list[str], stage1, stage1_plans: dict, healthy: str, 
     if matching:
         config = matching[0]
         steps = f"{head}, the in-plane spacing of {healthy}'s 2D configuration '{config}'. Use a stage I trained on it:\n"
-    else:
+    elif len(target.patch_size) == 3:
         config = slices_configuration_name(args.configuration)
         steps = (f"{head}, a spacing of its own. Train a stage I on the slices of '{args.configuration}':\n"
                  f"  sadm_nnunet_plan_diffusion {ident} --slices-of {args.configuration}{plans_option}\n")
+    else:
+        return None
+    trainer = args.ddpm_trainer or "SADMDiffusionTrainer"
     return (steps + f"  nnUNetv2_preprocess -d {ident} -c {config} -plans_name {stage1.plans}\n"
-            f"  nnUNetv2_train {ident} {config} all -tr SADMDiffusionTrainer{plans_option}\n"
-            f"  sadm_nnunet_plan {dataset_id(target_plans['dataset_name'])} --ddpm {ident} -c {args.configuration} "
-            f"--ddpm-configuration {config}" + ("" if args.plans == "nnUNetPlans" else f" -p {args.plans}")
-            + ("" if stage1.plans == "nnUNetPlans" else f" --ddpm-plans {stage1.plans}"))
+            f"  nnUNetv2_train {ident} {config} {args.fold} -tr {trainer}{plans_option}\n"
+            f"  {plan_command(target_plans['dataset_name'], healthy, args, args.plans, config, epoch=False)}")
+
+
+def plan_command(target: str, healthy: str, args: argparse.Namespace, plans: str, ddpm_configuration: str,
+                 epoch: bool = True) -> str:
+    """`sadm_nnunet_plan` again, with the user's options, on `plans` and the stage I of `ddpm_configuration`
+    (epoch=False: a new stage-I training, so no --ddpm-epoch)."""
+    command = [f"sadm_nnunet_plan {dataset_id(target)} --ddpm {dataset_id(healthy)} -c {args.configuration}"]
+    for option, value, default in (("-p", plans, "nnUNetPlans"), ("--name", args.name, None),
+                                   ("--fold", args.fold, "all"), ("--ddpm-trainer", args.ddpm_trainer, None),
+                                   ("--ddpm-epoch", args.ddpm_epoch if epoch else None, None),
+                                   ("--ddpm-plans", args.ddpm_plans, "nnUNetPlans"),
+                                   ("--ddpm-configuration", ddpm_configuration, "2d")):
+        if value != default:
+            command.append(f"{option} {value}")
+    if args.set:
+        command.append("--set " + " ".join(args.set))
+    return " ".join(command)
 
 
 def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args: argparse.Namespace) -> str:
@@ -173,17 +192,7 @@ def mismatch_message(errors: list[str], stage1, healthy: str, target: str, args:
                 f"(convert or build it, nnUNetv2_plan_and_preprocess, nnUNetv2_train ... -tr SADMDiffusionTrainer), "
                 f"then run sadm_nnunet_plan {dataset_id(target)} --ddpm with that dataset.")
     plans = f"{stage1.plans}From{dataset_id(healthy)}"
-    rerun = [f"sadm_nnunet_plan {dataset_id(target)} --ddpm {dataset_id(healthy)} -p {plans} -c "
-             f"{args.configuration}"]
-    for option, value, default in (("--name", args.name, None), ("--fold", args.fold, "all"),
-                                   ("--ddpm-trainer", args.ddpm_trainer, None),
-                                   ("--ddpm-epoch", args.ddpm_epoch, None),
-                                   ("--ddpm-plans", args.ddpm_plans, "nnUNetPlans"),
-                                   ("--ddpm-configuration", args.ddpm_configuration, "2d")):
-        if value != default:
-            rerun.append(f"{option} {value}")
-    if args.set:
-        rerun.append("--set " + " ".join(args.set))
+    rerun = [plan_command(target, healthy, args, plans, args.ddpm_configuration)]
     return (head + "\nThe denoiser must see data preprocessed exactly like the target's. Give the target the "
             "healthy dataset's plans and preprocess it with them:\n"
             f"  nnUNetv2_move_plans_between_datasets -s {dataset_id(healthy)} -t {dataset_id(target)} "
