@@ -102,7 +102,7 @@ def slices_configuration(plans: dict, configuration: str, name: str, source: str
     as nnU-Net's 3d_lowres. Written as `name` into the plans; preprocessed under its own data identifier. Re-running
     it keeps the stage-I settings written into `name` earlier."""
     resolved = configuration_manager(plans, configuration, source, "--slices-of", dimensions=(3,))
-    refuse_cascade(plans, configuration, source)
+    refuse_cascade(resolved, configuration, source)
     configurations = plans["configurations"]
     if "2d" not in configurations:
         raise InputError(f"{source} have no '2d' configuration for '{name}' to inherit its preprocessing from; "
@@ -122,12 +122,11 @@ def slices_configuration(plans: dict, configuration: str, name: str, source: str
             "median_image_size_in_voxels": [float(m) for m in resolved.median_image_size_in_voxels[1:]]}
 
 
-def refuse_cascade(plans: dict, configuration: str, source: str) -> None:
-    """SADM does not take nnU-Net's cascade: a cascaded configuration feeds the previous stage's segmentation to
-    the network as extra input channels, which the SADM network does not stack."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    previous = PlansManager(plans).get_configuration(configuration).previous_stage_name
+def refuse_cascade(resolved, configuration: str, source: str) -> None:
+    """SADM does not take nnU-Net's cascade: a cascaded configuration (`resolved`, its ConfigurationManager) feeds
+    the previous stage's segmentation to the network as extra input channels, which the SADM network does not
+    stack."""
+    previous = resolved.previous_stage_name
     if previous is not None:
         raise InputError(f"Configuration '{configuration}' of {source} is cascaded (it takes the predictions of "
                          f"'{previous}' as input); SADM does not support nnU-Net's cascade. Use a configuration "
@@ -137,8 +136,9 @@ def refuse_cascade(plans: dict, configuration: str, source: str) -> None:
 def resolve_sadm_settings(plans: dict, configuration: str, source: str | None = None) -> SADMSettings:
     """The validated stage-II settings of an SADM configuration (its `sadm` block, which sadm_nnunet_plan writes)."""
     source = source or f"the plans of {plans.get('dataset_name')}"
-    resolved = configuration_manager(plans, configuration, source, dimensions=STAGE2_DIMENSIONS).configuration
-    refuse_cascade(plans, configuration, source)
+    manager = configuration_manager(plans, configuration, source, dimensions=STAGE2_DIMENSIONS)
+    refuse_cascade(manager, configuration, source)
+    resolved = manager.configuration
     if SADM_KEY not in resolved:
         raise InputError(
             f"Configuration '{configuration}' of {source} has no '{SADM_KEY}' block, so it is not an SADM "

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = unet_config(settings, tuple(resolved.patch_size), n_channels)
     except ValueError as e:
-        raise InputError(f"{e}; {path} was not changed") from None
+        raise InputError(f"{str(e).rstrip('.')}; {path} was not changed") from None
     write_json_atomic(plans, path)
 
     print(f"Wrote '{PLANS_KEY}' into {path} (configuration '{args.configuration}').")

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     path = plans_file(args.target, args.plans)
     plans = read_json(path, "plans file")
     configurations = plans.get("configurations", {})
-    configuration_manager(plans, args.configuration, str(path), dimensions=STAGE2_DIMENSIONS)
-    refuse_cascade(plans, args.configuration, str(path))
+    base = configuration_manager(plans, args.configuration, str(path), dimensions=STAGE2_DIMENSIONS)
+    refuse_cascade(base, args.configuration, str(path))
     if name == args.configuration:
         raise InputError(f"--name must differ from the inherited configuration '{args.configuration}'")
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         block = sadm_block(user, stage1, diffusion, denoiser_config(unet))
         configurations[name] = {"inherits_from": args.configuration, PLANS_KEY: block}
-        if configuration_manager(plans, args.configuration, dimensions=STAGE2_DIMENSIONS).next_stage_names:
+        if base.next_stage_names:
             # a 3d_lowres SADM model feeds no cascade (refuse_cascade); without this nnU-Net's final validation
             # would predict the next stage's input, which needs that stage preprocessed
             configurations[name]["next_stage"] = None
